@@ -1,0 +1,135 @@
+"""Causal multi-head self-attention, written out so every step can be read.
+
+The core idea, for one head:
+    Q = X W_q, K = X W_k, V = X W_v            each token asks (Q), offers (K), carries (V)
+    scores  = Q K^T / sqrt(head_size)          how well query i matches key j
+    scores  = -inf where j is in i's future     the causal mask: no peeking ahead
+    weights = softmax(scores, over the keys)   each row sums to 1
+    out     = weights V                        a weighted average of the values
+Several heads do this side by side on slices of the channels; their outputs are
+concatenated and mixed by one more matrix, W_O.
+"""
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def causal_mask(t_q: int, t_k: int, device=None) -> torch.Tensor:
+    """(t_q, t_k) bool, True where query i may look at key j.
+
+    The queries are the *last* t_q of the t_k positions (with a KV cache the keys
+    include everything already seen), so query i sits at absolute position
+    t_k - t_q + i and sees keys j <= that. With t_q == t_k this is the familiar
+    lower triangle; with t_q == 1 the single new token sees every key.
+    """
+    q_pos = torch.arange(t_k - t_q, t_k, device=device).unsqueeze(1)  # (t_q, 1)
+    k_pos = torch.arange(t_k, device=device).unsqueeze(0)              # (1, t_k)
+    return k_pos <= q_pos
+
+
+def attention(q, k, v, dropout_p: float = 0.0, return_weights: bool = False):
+    """Scaled dot-product causal attention in plain PyTorch: matmul, mask, softmax, matmul.
+
+    q: (..., t_q, hs), k and v: (..., t_k, hs) with t_q <= t_k. Returns (..., t_q, hs)
+    and, if asked, the attention weights (..., t_q, t_k).
+    """
+    hs = q.size(-1)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(hs)          # (..., t_q, t_k)
+    # dividing by sqrt(hs) keeps the scores' spread near 1 whatever the head size,
+    # so the softmax does not saturate into a one-hot at initialisation
+    mask = causal_mask(q.size(-2), k.size(-2), device=q.device)
+    scores = scores.masked_fill(~mask, float("-inf"))         # future keys get weight exactly 0
+    weights = F.softmax(scores, dim=-1)                       # normalise over the keys
+    if dropout_p > 0.0:
+        weights = F.dropout(weights, p=dropout_p)
+    out = weights @ v                                         # (..., t_q, hs)
+    return (out, weights) if return_weights else out
+
+
+def sdpa_attention(q, k, v, dropout_p: float = 0.0):
+    """The same computation through PyTorch's fused kernel (flash / memory-efficient)."""
+    t_q, t_k = q.size(-2), k.size(-2)
+    if t_q == t_k:
+        # top-left aligned causal mask, correct when queries and keys are the same positions
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+    if t_q == 1:
+        # one new token attends to every key it is given: no mask at all
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    # fewer queries than keys: is_causal would align the triangle to the top-left, which is
+    # wrong here, so pass our end-aligned mask explicitly
+    mask = causal_mask(t_q, t_k, device=q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding (RoPE): rotate each (x1, x2) channel pair of q and k by an
+    angle proportional to the token's position, so q . k depends on the *distance* between
+    two tokens rather than on where they sit."""
+
+    def __init__(self, head_size: int, max_len: int, base: float = 10000.0):
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_size, 2).float() / head_size))  # (hs/2,)
+        angles = torch.outer(torch.arange(max_len).float(), inv_freq)                   # (T, hs/2)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x, pos: int):
+        """x: (B, nh, T, hs) at absolute positions pos .. pos+T-1."""
+        T = x.size(-2)
+        cos = self.cos[pos:pos + T].to(x.dtype)                   # (T, hs/2)
+        sin = self.sin[pos:pos + T].to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)                               # pair channel i with i + hs/2
+        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_kv_head = config.n_kv_head
+        self.head_size = config.head_size
+        self.dropout = config.dropout
+        self.impl = config.attn_impl
+        C, hs = config.n_embd, config.head_size
+        # one Linear per role; K and V are narrower when heads share them (GQA / MQA)
+        self.q_proj = nn.Linear(C, self.n_head * hs, bias=config.bias)
+        self.k_proj = nn.Linear(C, self.n_kv_head * hs, bias=config.bias)
+        self.v_proj = nn.Linear(C, self.n_kv_head * hs, bias=config.bias)
+        self.o_proj = nn.Linear(self.n_head * hs, C, bias=config.bias)  # W_O
+        self.o_proj.residual_out = True  # flagged for the scaled init in GPT._init_weights
+        self.resid_drop = nn.Dropout(config.dropout)
+
+    def forward(self, x, rotary=None, cache=None, layer: int = 0, attn_out: list | None = None):
+        """x: (B, T, C). With a cache, x holds only the new tokens, which sit at positions
+        cache.pos .. cache.pos+T-1, and their keys and values are appended to the cache.
+        If attn_out is a list, the explicit path runs and appends its weights (B, nh, T, T_k)."""
+        B, T, C = x.size()
+        pos = cache.pos if cache is not None else 0
+        # project, then split the channels into heads: (B, T, nh*hs) -> (B, nh, T, hs)
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_size).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_size).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_size).transpose(1, 2)
+        if rotary is not None:
+            q, k = rotary(q, pos), rotary(k, pos)
+        if cache is not None:
+            # past keys and values never change (earlier tokens cannot see later ones), so
+            # they are stored once and reused: (B, nkv, pos+T, hs)
+            k, v = cache.update(layer, k, v)
+        # GQA: each group of n_head / n_kv_head query heads shares one key/value head
+        groups = self.n_head // self.n_kv_head
+        if groups > 1:
+            k = k.repeat_interleave(groups, dim=1)                # (B, nh, T_k, hs)
+            v = v.repeat_interleave(groups, dim=1)
+        p = self.dropout if self.training else 0.0
+        if attn_out is not None or self.impl == "explicit":
+            y, w = attention(q, k, v, dropout_p=p, return_weights=True)
+            if attn_out is not None:
+                attn_out.append(w)
+        else:
+            y = sdpa_attention(q, k, v, dropout_p=p)
+        # concatenate the heads back side by side: (B, nh, T, hs) -> (B, T, nh*hs), then W_O
+        y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_size)
+        return self.resid_drop(self.o_proj(y))

@@ -1,0 +1,67 @@
+"""The model's shape, in one dataclass, checked when it is built.
+
+Every number that decides a tensor's shape lives here, so a checkpoint can store
+`asdict(config)` and rebuild the exact same model later.
+"""
+
+from dataclasses import dataclass, fields
+
+
+class ConfigError(ValueError):
+    """A model configuration that cannot work; the message says which value to change."""
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 65        # number of distinct tokens
+    block_size: int = 256       # longest context the model ever sees
+    n_layer: int = 6            # transformer blocks
+    n_head: int = 6             # query heads
+    n_kv_head: int | None = None  # key/value heads: None = n_head (MHA), fewer = GQA, 1 = MQA
+    n_embd: int = 384           # width of the residual stream, C
+    dropout: float = 0.0
+    bias: bool = False          # biases in Linear layers and LayerNorms (GPT-2 had them)
+    pos_emb: str = "learned"    # "learned" absolute positions (GPT-2) or "rope" (rotary)
+    rope_base: float = 10000.0  # RoPE frequency base
+    attn_impl: str = "sdpa"     # "sdpa" (fused kernel) or "explicit" (the math written out)
+
+    def __post_init__(self):
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head != 0:
+            raise ConfigError(
+                f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): "
+                f"each head gets n_embd / n_head channels")
+        if self.n_kv_head > self.n_head or self.n_head % self.n_kv_head != 0:
+            raise ConfigError(
+                f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head}): "
+                f"each key/value head is shared by n_head / n_kv_head query heads")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.pos_emb not in ("learned", "rope"):
+            raise ConfigError(f"pos_emb must be 'learned' or 'rope', got {self.pos_emb!r}")
+        if self.pos_emb == "rope" and self.head_size % 2 != 0:
+            raise ConfigError(
+                f"RoPE rotates channel pairs, so the head size must be even; "
+                f"n_embd / n_head = {self.head_size}")
+        if self.rope_base <= 0:
+            raise ConfigError(f"rope_base must be positive, got {self.rope_base!r}")
+        if self.attn_impl not in ("sdpa", "explicit"):
+            raise ConfigError(f"attn_impl must be 'sdpa' or 'explicit', got {self.attn_impl!r}")
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GPTConfig":
+        """Rebuild from asdict(config); unknown keys are an error, not silently dropped."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown model config keys {unknown}; known keys: {sorted(known)}")
+        return cls(**d)

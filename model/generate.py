@@ -1,0 +1,130 @@
+"""Autoregressive generation: pick a token, append it, repeat.
+
+Two ways to get the next token's logits, which must give the same numbers:
+  - uncached (nanoGPT's way): run the whole context through the model every step;
+  - cached: run the prompt once (prefill), then only the one new token per step,
+    reading every earlier key and value from the KV cache.
+
+Past block_size, the policy both paths follow (so they stay comparable):
+  the model can only see block_size positions. A prompt longer than that is cut to
+  its last block_size tokens. When the context is full and one more token arrives,
+  the context is cut to its last `keep` tokens (default block_size // 2) and, in the
+  cached path, the cache is reset and those tokens are prefilled again. Positions then
+  restart from 0, exactly as in a fresh uncached forward of the cut context. A larger
+  `keep` remembers more but re-prefills more often (every block_size - keep tokens).
+"""
+
+import torch
+import torch.nn.functional as F
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """logits (N, V) -> next token ids (N,). temperature 0 means greedy (argmax)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]          # (N, 1) k-th largest
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        # nucleus: keep the smallest set of most likely tokens whose total probability >= top_p
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = F.softmax(sorted_logits, dim=-1)
+        before = probs.cumsum(dim=-1) - probs             # probability mass ranked above each token
+        sorted_logits = sorted_logits.masked_fill(before >= top_p, float("-inf"))  # keeps the top one
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def check_generate_args(max_new_tokens, temperature, top_k, top_p, num_samples, keep, block_size):
+    """Nonsense values get one clear message before any work is done."""
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1 (or unset), got {top_k!r}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples!r}")
+    if not 1 <= keep <= block_size:
+        raise ValueError(f"keep must be in [1, block_size={block_size}], got {keep!r}")
+
+
+def _cached_logits(model, idx, max_new_tokens, pick, num_samples, keep):
+    bs = model.config.block_size
+    tokens = idx[:, -bs:]                                       # the window the model can see
+    cache = model.new_cache(idx.size(0), device=idx.device)
+    logits = model(tokens, cache=cache, last_only=True)[0][:, -1]       # prefill: (B, V)
+    if num_samples > 1:
+        # all samples continue the same prompt: copy its cache rather than recompute it
+        cache.repeat_batch(num_samples)
+        logits = logits.repeat_interleave(num_samples, dim=0)           # (B*ns, V)
+        tokens = tokens.repeat_interleave(num_samples, dim=0)
+    for step in range(max_new_tokens):
+        nxt = pick(logits)                                              # (N,)
+        yield logits, nxt
+        if step == max_new_tokens - 1:
+            break
+        tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+        if cache.pos == cache.max_len:
+            # the window is full: keep its last `keep` tokens and prefill them afresh
+            tokens = tokens[:, -keep:]
+            cache.reset()
+            logits = model(tokens, cache=cache, last_only=True)[0][:, -1]
+        else:
+            logits = model(nxt[:, None], cache=cache, last_only=True)[0][:, -1]  # one new token
+
+
+def _uncached_logits(model, idx, max_new_tokens, pick, num_samples, keep):
+    bs = model.config.block_size
+    tokens = idx[:, -bs:].repeat_interleave(num_samples, dim=0)
+    for step in range(max_new_tokens):
+        logits = model(tokens, last_only=True)[0][:, -1]                # whole context, every step
+        nxt = pick(logits)
+        yield logits, nxt
+        tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+        if tokens.size(1) > bs:
+            tokens = tokens[:, -keep:]                                  # same policy as the cache
+
+
+def decode(model, idx, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None,
+           generator=None, seed=None, num_samples=1, use_cache=True, keep=None):
+    """Yield (logits (N, V), next_token (N,)) for each new token, N = B * num_samples.
+    The logits are the model's raw output for that step, before temperature and filtering."""
+    bs = model.config.block_size
+    keep = bs // 2 if keep is None else keep
+    check_generate_args(max_new_tokens, temperature, top_k, top_p, num_samples, keep, bs)
+    if idx.dim() != 2 or idx.size(1) == 0:
+        raise ValueError(f"idx must be (B, T) with T >= 1, got shape {tuple(idx.shape)}")
+    if generator is None and seed is not None:
+        generator = torch.Generator(device=idx.device).manual_seed(seed)
+
+    def pick(logits):
+        return sample_next(logits, temperature, top_k, top_p, generator)
+
+    steps = _cached_logits if use_cache else _uncached_logits
+    was_training = model.training
+    model.eval()  # dropout off: generation must be deterministic given the sampler
+    try:
+        with torch.no_grad():
+            yield from steps(model, idx, max_new_tokens, pick, num_samples, keep)
+    finally:
+        model.train(was_training)
+
+
+def generate_stream(model, idx, max_new_tokens, **kwargs):
+    """Yield each step's new tokens, (B * num_samples,), as soon as they are picked."""
+    for _, nxt in decode(model, idx, max_new_tokens, **kwargs):
+        yield nxt
+
+
+def generate(model, idx, max_new_tokens, num_samples=1, **kwargs):
+    """idx (B, T) -> (B * num_samples, T + max_new_tokens): the prompt rows (each repeated
+    num_samples times, samples of one prompt adjacent) followed by their new tokens."""
+    out = [idx.repeat_interleave(num_samples, dim=0)]
+    for nxt in generate_stream(model, idx, max_new_tokens, num_samples=num_samples, **kwargs):
+        out.append(nxt[:, None])
+    return torch.cat(out, dim=1)

@@ -1,0 +1,152 @@
+"""The GPT: token (+ position) embeddings, a stack of pre-norm transformer blocks,
+a final norm and a language-model head that scores every vocabulary entry.
+
+    idx (B, T) -> embeddings (B, T, C) -> [block] x n_layer -> norm -> logits (B, T, V)
+
+Each block is  x = x + attn(norm(x));  x = x + mlp(norm(x))  : attention lets tokens
+exchange information, the MLP then processes each token on its own.
+"""
+
+import math
+from dataclasses import asdict
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention import CausalSelfAttention, Rotary
+from .config import GPTConfig
+from .generate import generate, generate_stream
+from .kv_cache import KVCache
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.proj.residual_out = True
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x):                                  # (B, T, C)
+        return self.drop(self.proj(F.gelu(self.fc(x))))   # widen 4x, nonlinearity, back to C
+
+
+class Block(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, rotary=None, cache=None, layer=0, attn_out=None):
+        x = x + self.attn(self.ln_1(x), rotary, cache, layer, attn_out)  # residual keeps the signal
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)           # token -> vector
+        if config.pos_emb == "learned":
+            self.wpe = nn.Embedding(config.block_size, config.n_embd)       # position -> vector
+            self.rotary = None
+        else:
+            self.wpe = None
+            self.rotary = Rotary(config.head_size, config.block_size, config.rope_base)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # weight tying: the same matrix reads tokens in and scores them out (fewer parameters,
+        # and it trains better at this scale)
+        self.lm_head.weight = self.wte.weight
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            std = 0.02
+            if getattr(module, "residual_out", False):
+                # every block adds two outputs to the residual stream; shrinking them by
+                # 1/sqrt(2 * n_layer) keeps the stream's variance from growing with depth (GPT-2)
+                std = 0.02 / math.sqrt(2 * self.config.n_layer)
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; by default without the position table (the token table is
+        counted once, as it doubles as the head)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and self.wpe is not None:
+            n -= self.wpe.weight.numel()
+        return n
+
+    def forward(self, idx, targets=None, *, cache: KVCache | None = None, last_only: bool = False,
+                attn_out: list | None = None):
+        """idx: (B, T) token ids. Returns (logits, loss).
+
+        targets (B, T): next-token ids; the loss is their mean cross-entropy (-1 = ignore).
+        cache: decode incrementally; idx holds only the new tokens, at positions cache.pos...
+        last_only: compute logits for the last position only, (B, 1, V) (generation needs no more).
+        attn_out: a list that receives each layer's attention weights (B, nh, T, T_k).
+        """
+        B, T = idx.size()
+        pos = cache.pos if cache is not None else 0
+        limit = cache.max_len if cache is not None else self.config.block_size
+        if pos + T > limit:
+            raise ValueError(
+                f"sequence of {pos + T} tokens is longer than the model's block_size "
+                f"{self.config.block_size}; crop the input to its last {self.config.block_size} tokens")
+        x = self.wte(idx)                                                      # (B, T, C)
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(pos, pos + T, device=idx.device))    # (T, C) broadcast
+        x = self.drop(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, self.rotary, cache, i, attn_out)
+        if cache is not None:
+            cache.advance(T)
+        x = self.ln_f(x)
+        if targets is None:
+            logits = self.lm_head(x[:, -1:] if last_only else x)               # (B, T, V)
+            return logits, None
+        logits = self.lm_head(x)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1),
+                               ignore_index=-1)
+        return logits, loss
+
+    @torch.no_grad()
+    def attention_maps(self, idx) -> list:
+        """Attention weights of every layer for idx (B, T), from the explicit path:
+        a list of n_layer tensors (B, nh, T, T)."""
+        maps = []
+        self(idx, attn_out=maps)
+        return maps
+
+    def flops_per_token(self, T: int | None = None) -> float:
+        """Training FLOPs per token: 6 per parameter (forward + backward) plus the attention
+        matmuls, 12 * L * C * T (the PaLM paper's estimate, as nanoGPT uses)."""
+        T = T or self.config.block_size
+        cfg = self.config
+        return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_embd * T
+
+    def new_cache(self, batch_size: int, device=None, dtype=None) -> KVCache:
+        p = self.wte.weight
+        return KVCache.for_model(self.config, batch_size, device or p.device, dtype or p.dtype)
+
+    def generate(self, idx, max_new_tokens: int, **kwargs):
+        """Return idx (B, T) followed by max_new_tokens sampled tokens, shape (B * num_samples, T + new).
+        Keyword arguments as in model.generate.generate_stream."""
+        return generate(self, idx, max_new_tokens, **kwargs)
+
+    def generate_stream(self, idx, max_new_tokens: int, **kwargs):
+        """Yield the new tokens one step at a time, each (B * num_samples,)."""
+        return generate_stream(self, idx, max_new_tokens, **kwargs)
+
+    def config_dict(self) -> dict:
+        return asdict(self.config)
