@@ -49,9 +49,10 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated file, not a torch file, or holding pickled code
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else 'no detail'}); "
-                              f"use another checkpoint (e.g. last.pt or ckpt.pt) or retrain") from None
+        # torch's own message suggests weights_only=False, which we never do: don't echo it
+        raise CheckpointError(f"{path} is not a readable checkpoint: it is corrupt, truncated, or not "
+                              f"written by train.py ({type(e).__name__}); use another checkpoint "
+                              f"(ckpt.pt or last.pt) or retrain") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
         raise CheckpointError(f"{path} is not a checkpoint written by train.py (missing model weights or config)")
     if ckpt.get("format_version") != FORMAT_VERSION:
