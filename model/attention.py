@@ -30,19 +30,30 @@ def causal_mask(t_q: int, t_k: int, device=None) -> torch.Tensor:
     return k_pos <= q_pos
 
 
-def attention(q, k, v, dropout_p: float = 0.0, return_weights: bool = False):
-    """Scaled dot-product causal attention in plain PyTorch: matmul, mask, softmax, matmul.
+def causal_softmax(scores):
+    """softmax over the keys after hiding every key in the query's future.
+
+    scores: (..., t_q, t_k). Masked entries are set to -inf before the softmax, so their
+    weight is exactly 0 and the visible weights in each row still sum to 1."""
+    mask = causal_mask(scores.size(-2), scores.size(-1), device=scores.device)
+    return F.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+
+
+def attention(q, k, v, causal: bool = True, dropout_p: float = 0.0, return_weights: bool = False):
+    """Scaled dot-product attention in plain PyTorch: matmul, (mask,) softmax, matmul.
 
     q: (..., t_q, hs), k and v: (..., t_k, hs) with t_q <= t_k. Returns (..., t_q, hs)
-    and, if asked, the attention weights (..., t_q, t_k).
+    and, if asked, the attention weights (..., t_q, t_k). causal=False is the unmasked
+    attention of the textbook examples (every token sees every other); a GPT is causal.
     """
     hs = q.size(-1)
     scores = q @ k.transpose(-2, -1) / math.sqrt(hs)          # (..., t_q, t_k)
     # dividing by sqrt(hs) keeps the scores' spread near 1 whatever the head size,
     # so the softmax does not saturate into a one-hot at initialisation
-    mask = causal_mask(q.size(-2), k.size(-2), device=q.device)
-    scores = scores.masked_fill(~mask, float("-inf"))         # future keys get weight exactly 0
-    weights = F.softmax(scores, dim=-1)                       # normalise over the keys
+    if causal:
+        weights = causal_softmax(scores)                      # future keys get weight exactly 0
+    else:
+        weights = F.softmax(scores, dim=-1)                   # normalise over the keys
     if dropout_p > 0.0:
         weights = F.dropout(weights, p=dropout_p)
     out = weights @ v                                         # (..., t_q, hs)
