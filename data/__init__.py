@@ -1,0 +1,33 @@
+"""
+data: corpora, tokenizers and a batch loader for qkvgpt.
+
+    from data import prepare, load_meta, tokenizer_from_dict, BatchLoader
+    d = prepare("shakespeare", "char")             # -> data/prepared/shakespeare-char/
+    meta = load_meta(d)                            # sizes, dtype, split, tokenizer.to_dict()
+    tok = tokenizer_from_dict(meta["tokenizer"])   # the same thing a checkpoint stores
+    x, y = BatchLoader(d / "train.bin", block_size=256, batch_size=64).next_batch()
+
+Command line: python -m data prepare --help
+"""
+
+
+class DataError(Exception):
+    """A problem the user can fix (bad path, bad text, offline, ...). The message names the fix;
+    command-line tools print it and exit 1, without a traceback."""
+
+
+# imported after DataError, which the submodules import from here
+from .corpora import DATASETS, load_corpus  # noqa: E402
+from .tokenizers import BPETokenizer, CharTokenizer, GPT2Tokenizer, tokenizer_from_dict  # noqa: E402
+from .prepare import DEFAULT_DATASET, load_meta, prepare  # noqa: E402
+from .loader import BatchLoader  # noqa: E402
+
+
+def load_tokenizer(dir):
+    """The tokenizer of a prepared dataset folder."""
+    return tokenizer_from_dict(load_meta(dir)["tokenizer"])
+
+
+__all__ = ["DataError", "DEFAULT_DATASET", "DATASETS", "prepare", "load_meta", "load_corpus",
+           "load_tokenizer", "tokenizer_from_dict", "CharTokenizer", "GPT2Tokenizer", "BPETokenizer",
+           "BatchLoader"]

@@ -1,0 +1,53 @@
+"""
+python -m data prepare [--dataset=NAME|PATH] [--tokenizer=char|gpt2|bpe] [--vocab_size=N]
+                       [--source=PATH] [--root=DIR] [--force] [--quiet]
+
+Prepares a dataset (see data/corpora.py) and prints where it went and its sizes.
+A DataError is printed as "error: <message>" with exit status 1, never as a traceback.
+"""
+
+import argparse
+import os
+import sys
+
+from . import DataError, load_meta, prepare
+from .corpora import DATASETS
+from .prepare import DEFAULT_BPE_VOCAB, DEFAULT_DATASET
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m data", description="Prepare token datasets for qkvgpt.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("prepare", help="tokenize a corpus into train.bin / val.bin / meta.json",
+                       description="Tokenize a corpus into train.bin / val.bin / meta.json.")
+    p.add_argument("--dataset", default=DEFAULT_DATASET,
+                   help=f"{' or '.join(DATASETS)}, or a path to a .txt file or a folder of .txt files "
+                        f"(default: {DEFAULT_DATASET}, works offline)")
+    p.add_argument("--tokenizer", default="char", help="char, gpt2 (needs a network once) or bpe (default: char)")
+    p.add_argument("--vocab_size", type=int, default=None,
+                   help=f"bpe only: vocabulary size to train (default: {DEFAULT_BPE_VOCAB})")
+    p.add_argument("--source", default=None, help="tinyshakespeare only: a local copy of input.txt instead of downloading")
+    p.add_argument("--root", default=None, help="where prepared datasets go (default: data/prepared)")
+    p.add_argument("--dtype", default=None, help="uint16 or uint32 (default: the smallest that fits the vocab)")
+    p.add_argument("--force", action="store_true", help="redo it even if already prepared")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    args = ap.parse_args(argv)
+    try:
+        out = prepare(args.dataset, args.tokenizer, vocab_size=args.vocab_size, source=args.source,
+                      root=args.root, force=args.force, quiet=args.quiet, dtype=args.dtype)
+        m = load_meta(out)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    rel = os.path.relpath(out)
+    print(f"prepared {rel if not rel.startswith('..') else out}\n"
+          f"  dataset    {m['dataset']}: {m['source']}\n"
+          f"  split      {m['split']}\n"
+          f"  tokenizer  {m['tokenizer']['kind']}, vocab {m['vocab_size']:,}, stored as {m['dtype']}\n"
+          f"  tokens     train {m['train_tokens']:,}, val {m['val_tokens']:,} "
+          f"(from {m['train_chars']:,} / {m['val_chars']:,} characters)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

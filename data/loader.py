@@ -1,0 +1,68 @@
+"""
+BatchLoader: random windows of block_size+1 tokens from a memory-mapped train.bin / val.bin.
+
+Each batch draws batch_size start offsets uniformly from a numpy PCG64 generator seeded by `seed`,
+so the sequence of batches is a pure function of (file, seed, block_size, batch_size). Its state
+is a few plain ints, saved by state_dict() into a checkpoint and restored by load_state_dict():
+a resumed run sees exactly the batches an uninterrupted one would have seen.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import DataError
+from .prepare import DTYPES, load_meta
+
+
+class BatchLoader:
+    def __init__(self, bin_path, block_size, batch_size, *, device="cpu", seed=0, dtype=None):
+        self.path = Path(bin_path)
+        self.split = self.path.stem  # "train" / "val", for messages
+        if not self.path.is_file():
+            raise DataError(f"{self.path} not found; prepare the dataset first, e.g. python -m data prepare")
+        dtype = dtype or load_meta(self.path.parent)["dtype"]  # the dtype the bins were written in
+        if dtype not in DTYPES:
+            raise DataError(f"unknown dtype {dtype!r} for {self.path}; expected uint16 or uint32")
+        self.dtype = np.dtype(dtype)
+        size = self.path.stat().st_size
+        if size % self.dtype.itemsize:
+            raise DataError(f"{self.path} is {size} bytes, not a whole number of {dtype} tokens; "
+                            "it is truncated or corrupt, prepare again with --force")
+        self.n = size // self.dtype.itemsize
+        if block_size < 1 or batch_size < 1:
+            raise DataError(f"block_size and batch_size must be positive, got {block_size} and {batch_size}")
+        if self.n < block_size + 1:
+            raise DataError(f"{self.split} split has {self.n} tokens; need at least block_size+1 = "
+                            f"{block_size + 1}: use a smaller block_size or more text")
+        self.block_size, self.batch_size = block_size, batch_size
+        self.device = torch.device(device)
+        self.seed, self.batches = seed, 0
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+
+    def next_batch(self):
+        """(x, y): int64 tensors of shape (batch_size, block_size) on device; y[:, t] = x[:, t+1]."""
+        # map the file afresh each call: a long-lived np.memmap leaks memory (as noted in nanoGPT)
+        data = np.memmap(self.path, dtype=self.dtype, mode="r")
+        ix = self.rng.integers(0, self.n - self.block_size, size=self.batch_size)  # last start: n-T-1
+        w = data[ix[:, None] + np.arange(self.block_size + 1)].astype(np.int64)
+        x = torch.from_numpy(np.ascontiguousarray(w[:, :-1]))
+        y = torch.from_numpy(np.ascontiguousarray(w[:, 1:]))
+        self.batches += 1
+        if self.device.type == "cuda":  # page-locked host memory lets the copy overlap compute
+            return x.pin_memory().to(self.device, non_blocking=True), \
+                y.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device), y.to(self.device)
+
+    def state_dict(self):
+        # plain ints and strings: JSON-safe and loadable by torch.load(weights_only=True)
+        return {"seed": self.seed, "batches": self.batches, "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, d):
+        try:
+            seed, batches = d["seed"], d["batches"]
+            self.rng.bit_generator.state = d["rng"]
+            self.seed, self.batches = seed, batches
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"not a BatchLoader state ({type(e).__name__}: {e})") from None

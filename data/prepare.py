@@ -1,0 +1,156 @@
+"""
+prepare(): raw text -> tokenizer -> train.bin, val.bin, meta.json in one folder.
+
+    data/prepared/<name>-<tokenizer>[-<vocab_size>]/
+        train.bin, val.bin   flat token ids, uint16 while the vocab fits (<= 65536), else uint32
+        meta.json            dataset, source, split, sha256 of the raw text, sizes, dtype and the
+                             tokenizer's to_dict(): everything needed to read the bins and decode
+
+Every file is written to a temp name and renamed, and meta.json is written last, so its presence
+means "complete": an interrupted run leaves no folder that passes for a prepared dataset.
+Calling prepare() again with the same request and unchanged text returns at once.
+"""
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from . import DataError
+from .corpora import load_corpus
+from .tokenizers import KINDS, check_bpe_vocab, check_kind
+
+FORMAT = 1  # bump when the layout or a split rule changes, so old preparations are redone
+DEFAULT_DATASET = "shakespeare"
+DEFAULT_ROOT = Path(__file__).parent / "prepared"
+DEFAULT_BPE_VOCAB = 2048
+DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
+META_KEYS = ("dataset", "tokenizer", "vocab_size", "dtype", "train_tokens", "val_tokens",
+             "source", "sha256", "split")
+
+
+def pieces(text, size=1 << 20):
+    """Cut text into ~size pieces after a run of blank lines, where the tokenizers' split patterns
+    cut anyway, so pieces encode (all but always) as the whole text would, and a bar can tick."""
+    i = 0
+    while i < len(text):
+        m = re.compile(r"\n\n+").search(text, i + size)
+        j = m.end() if m else len(text)
+        yield text[i:j]
+        i = j
+
+
+def encode(tok, text, desc, quiet):
+    bar = tqdm(total=len(text), desc=desc, unit="char", unit_scale=True,
+               disable=quiet or len(text) < 1 << 20)  # a bar only when it takes a while
+    out = []
+    for p in pieces(text):
+        out.append(np.array(tok.encode(p), dtype=np.int64))
+        bar.update(len(p))
+    bar.close()
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def pick_dtype(vocab_size, dtype=None):
+    if dtype is None:
+        return "uint16" if vocab_size <= 1 << 16 else "uint32"
+    if dtype not in DTYPES:
+        raise DataError(f"unknown dtype {dtype!r}; choose uint16 or uint32")
+    if vocab_size > np.iinfo(DTYPES[dtype]).max + 1:
+        raise DataError(f"a vocabulary of {vocab_size} tokens does not fit in {dtype} "
+                        f"(at most {np.iinfo(DTYPES[dtype]).max + 1}); use uint32 or leave dtype unset")
+    return dtype
+
+
+def atomic_write(path, data):
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder, so the rename is atomic
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_meta(dir):
+    """meta.json of a prepared dataset (dir, or any file in it) as a dict, or a clear DataError."""
+    dir = Path(dir)
+    path = dir if dir.name == "meta.json" else (dir.parent if dir.is_file() else dir) / "meta.json"
+    if not path.exists():
+        raise DataError(f"{path} not found; prepare the dataset first, e.g. python -m data prepare")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        missing = [k for k in META_KEYS if k not in meta]
+    except (ValueError, TypeError) as e:
+        raise DataError(f"{path} is corrupt ({e}); prepare again with --force") from None
+    if missing:
+        raise DataError(f"{path} lacks {', '.join(missing)}; prepare again with --force")
+    return meta
+
+
+def is_complete(out, corpus, request):
+    """True if out already holds this exact preparation (same text, request and format)."""
+    try:
+        meta = load_meta(out)
+        return (meta.get("format") == FORMAT and meta["sha256"] == corpus.sha256
+                and meta["dataset"] == corpus.name and meta.get("request") == request
+                and all((out / f"{s}.bin").stat().st_size ==
+                        meta[f"{s}_tokens"] * np.dtype(meta["dtype"]).itemsize for s in ("train", "val")))
+    except (DataError, OSError, KeyError, TypeError):
+        return False
+
+
+def prepare(dataset=DEFAULT_DATASET, tokenizer="char", *, vocab_size=None, source=None, root=None,
+            force=False, quiet=False, dtype=None):
+    """Prepare a dataset (a name, or a path to a .txt file / folder) and return its folder."""
+    log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
+    # check the cheap things before reading or downloading anything
+    check_kind(tokenizer)
+    if tokenizer == "bpe":
+        vocab_size = DEFAULT_BPE_VOCAB if vocab_size is None else vocab_size
+        check_bpe_vocab(vocab_size)
+    elif vocab_size is not None:
+        raise DataError(f"--vocab_size only applies to --tokenizer=bpe (the {tokenizer} vocabulary is fixed)")
+    if dtype is not None:
+        pick_dtype(0, dtype)
+    root = Path(root) if root is not None else DEFAULT_ROOT
+    corpus = load_corpus(str(dataset), source, cache_dir=root / "downloads")
+    out = root / (f"{corpus.name}-{tokenizer}" + (f"-{vocab_size}" if tokenizer == "bpe" else ""))
+    request = {"tokenizer": tokenizer, "vocab_size": vocab_size, "dtype": dtype}
+    if not force and is_complete(out, corpus, request):
+        log(f"{out} is already prepared (pass force=True / --force to redo it)")
+        return out
+
+    log(f"preparing {corpus.name} ({corpus.source}) with the {tokenizer} tokenizer")
+    if tokenizer == "char":  # vocab from the whole text, as nanoGPT, so val has no unknown chars
+        tok = KINDS["char"].train(corpus.train + corpus.val)
+    elif tokenizer == "bpe":  # trained on train only: val stays unseen
+        log(f"training a {vocab_size}-token BPE on {len(corpus.train):,} characters")
+        tok = KINDS["bpe"].train(corpus.train, vocab_size)
+        if tok.vocab_size < vocab_size:
+            log(f"note: the text only supports {tok.vocab_size - 256} merges, so the vocab is {tok.vocab_size}")
+    else:
+        tok = KINDS[tokenizer].train(corpus.train)
+    dt = pick_dtype(tok.vocab_size, dtype)
+    ids = {s: encode(tok, text, f"tokenizing {s}", quiet)
+           for s, text in (("train", corpus.train), ("val", corpus.val))}
+    for s, a in ids.items():
+        if len(a) == 0:
+            raise DataError(f"the {s} split of {corpus.name} is empty; the text is too short "
+                            f"({len(corpus.train) + len(corpus.val)} characters), give more text")
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "meta.json").unlink(missing_ok=True)  # a stale meta must not vouch for new bins
+    for s, a in ids.items():
+        atomic_write(out / f"{s}.bin", a.astype(DTYPES[dt]).tobytes())
+    meta = {"format": FORMAT, "dataset": corpus.name, "source": corpus.source, "split": corpus.split,
+            "sha256": corpus.sha256, "train_chars": len(corpus.train), "val_chars": len(corpus.val),
+            "train_tokens": len(ids["train"]), "val_tokens": len(ids["val"]),
+            "vocab_size": tok.vocab_size, "dtype": dt, "request": request, "tokenizer": tok.to_dict()}
+    atomic_write(out / "meta.json", json.dumps(meta, indent=1, ensure_ascii=False).encode("utf-8"))
+    return out

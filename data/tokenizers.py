@@ -1,0 +1,164 @@
+"""
+Tokenizers that travel with the model: to_dict() is plain JSON (str/int/list/dict) that goes into
+meta.json and into every checkpoint, and tokenizer_from_dict() rebuilds the tokenizer from it
+with nothing else on disk (except GPT-2, whose 50k ranks tiktoken keeps in its own cache).
+
+- CharTokenizer: one token per character, vocabulary = the corpus's sorted characters.
+- GPT2Tokenizer: OpenAI's GPT-2 BPE via tiktoken (50257 tokens). The ranks are downloaded once
+  into tiktoken's cache; offline without that cache it fails with a DataError saying so.
+- BPETokenizer: a byte-level BPE trained on our own train split with rustbpe (GPT-4 style split
+  pattern), run by tiktoken. Byte-level, so encode -> decode is exact for any text.
+All three encode "<|endoftext|>" as ordinary text: there are no special tokens.
+"""
+
+import base64
+import hashlib
+import os
+import tempfile
+
+import tiktoken
+
+from . import DataError
+
+MIN_BPE_VOCAB = 260  # 256 byte tokens + a few merges; less is not a BPE worth the name
+MAX_BPE_VOCAB = 1 << 20
+GPT2_FILES = {  # what tiktoken.get_encoding("gpt2") downloads, with its sha256
+    "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe":
+        "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+    "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json":
+        "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+}
+
+
+class CharTokenizer:
+    kind = "char"
+
+    def __init__(self, chars):
+        self.chars = "".join(sorted(set(chars)))
+        self.stoi = {c: i for i, c in enumerate(self.chars)}
+        self.vocab_size = len(self.chars)
+
+    @classmethod
+    def train(cls, text):
+        return cls(set(text))
+
+    def encode(self, text):
+        try:
+            return [self.stoi[c] for c in text]
+        except KeyError:
+            unknown = sorted(set(text) - self.stoi.keys())
+            shown = ", ".join(repr(c) for c in unknown[:10]) + (", ..." if len(unknown) > 10 else "")
+            raise DataError(f"text has characters not in the vocabulary: {shown}; this char-level "
+                            f"tokenizer knows only the {self.vocab_size} characters of its corpus") from None
+
+    def decode(self, ids):
+        return "".join(self.chars[i] for i in ids)
+
+    def to_dict(self):
+        return {"kind": "char", "chars": self.chars}
+
+
+class _TiktokenTokenizer:
+    """Shared by GPT-2 and our BPE: both are tiktoken Encodings with no special tokens."""
+
+    def encode(self, text):
+        return self.enc.encode_ordinary(text)
+
+    def decode(self, ids):
+        return self.enc.decode(list(ids))
+
+
+def gpt2_cache_dir():
+    """The folder tiktoken caches its downloads in (same rule as tiktoken.load)."""
+    return os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR") or \
+        os.path.join(tempfile.gettempdir(), "data-gym-cache")
+
+
+def gpt2_cached():
+    """True if tiktoken can build GPT-2 without a network (its two files are in the cache)."""
+    d = gpt2_cache_dir()
+    return all(os.path.exists(os.path.join(d, hashlib.sha1(u.encode()).hexdigest())) for u in GPT2_FILES)
+
+
+class GPT2Tokenizer(_TiktokenTokenizer):
+    kind = "gpt2"
+
+    def __init__(self):
+        if not gpt2_cached():
+            # fetch the files ourselves, with a timeout (tiktoken's own fetch has none and can
+            # hang on a firewalled network), into the very cache path tiktoken reads from
+            from .corpora import download
+            try:
+                for url, sha in GPT2_FILES.items():
+                    download(url, os.path.join(gpt2_cache_dir(), hashlib.sha1(url.encode()).hexdigest()), sha)
+            except DataError as e:
+                raise DataError(f"the gpt2 tokenizer needs a network the first time: {e}; connect once, "
+                                "or set TIKTOKEN_CACHE_DIR to a folder holding tiktoken's cached gpt2 files, "
+                                "or use --tokenizer=char or --tokenizer=bpe") from None
+        self.enc = tiktoken.get_encoding("gpt2")
+        self.vocab_size = self.enc.n_vocab  # 50257: 50256 merges + <|endoftext|>
+
+    @classmethod
+    def train(cls, text):
+        return cls()
+
+    def to_dict(self):
+        return {"kind": "gpt2"}
+
+
+class BPETokenizer(_TiktokenTokenizer):
+    kind = "bpe"
+
+    def __init__(self, ranks, pattern):
+        """ranks: the token byte strings in rank order (token id = index); pattern: split regex."""
+        self.ranks, self.pattern = list(ranks), pattern
+        self.enc = tiktoken.Encoding(name=f"qkvgpt-bpe-{len(self.ranks)}", pat_str=pattern,
+                                     mergeable_ranks={b: i for i, b in enumerate(self.ranks)},
+                                     special_tokens={})
+        self.vocab_size = len(self.ranks)
+
+    @classmethod
+    def train(cls, text, vocab_size):
+        import rustbpe
+        check_bpe_vocab(vocab_size)
+        tok = rustbpe.Tokenizer()
+        # feed it speech-sized pieces: rustbpe counts the regex chunks of each piece in parallel
+        tok.train_from_iterator(iter(text.split("\n\n")), vocab_size)
+        ranks = sorted(tok.get_mergeable_ranks(), key=lambda br: br[1])
+        assert [r for _, r in ranks] == list(range(len(ranks))), "rustbpe ranks are not 0..n-1"
+        return cls([b for b, _ in ranks], tok.get_pattern())
+
+    def to_dict(self):
+        # JSON has no bytes: base64 each token, in rank order
+        return {"kind": "bpe", "pattern": self.pattern,
+                "ranks": [base64.b64encode(b).decode("ascii") for b in self.ranks]}
+
+
+KINDS = {"char": CharTokenizer, "gpt2": GPT2Tokenizer, "bpe": BPETokenizer}
+
+
+def check_kind(kind):
+    if kind not in KINDS:
+        raise DataError(f"unknown tokenizer {kind!r}; choose one of {', '.join(KINDS)}")
+
+
+def check_bpe_vocab(vocab_size):
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or \
+            not MIN_BPE_VOCAB <= vocab_size <= MAX_BPE_VOCAB:
+        raise DataError(f"--vocab_size={vocab_size} is out of range; a bpe vocabulary needs "
+                        f"{MIN_BPE_VOCAB} to {MAX_BPE_VOCAB} tokens (256 bytes + merges), e.g. 2048")
+
+
+def tokenizer_from_dict(d):
+    """Rebuild a tokenizer from its to_dict() (from meta.json or a checkpoint)."""
+    if not isinstance(d, dict) or d.get("kind") not in KINDS:
+        raise DataError(f"not a tokenizer description: {str(d)[:80]!r}; expected a dict with kind "
+                        f"in {', '.join(KINDS)}")
+    try:
+        if d["kind"] == "char":
+            return CharTokenizer(d["chars"])
+        if d["kind"] == "gpt2":
+            return GPT2Tokenizer()
+        return BPETokenizer([base64.b64decode(r) for r in d["ranks"]], d["pattern"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(f"corrupt {d['kind']} tokenizer description ({type(e).__name__}: {e})") from None
