@@ -1,0 +1,280 @@
+"""Command-line configuration shared by train.py and sample.py, without exec.
+
+A program's settings are one dataclass with typed defaults. Three layers, later wins:
+
+    dataclass defaults  <  a TOML file (configs/NAME.toml, or any path)  <  --key=value
+
+    python train.py                                   defaults
+    python train.py shakespeare_char                  configs/shakespeare_char.toml over them
+    python train.py my.toml --batch_size=32 --compile  a file, then two overrides
+
+Every value is converted to the field's annotated type: int, float, bool
+(true/false/1/0/yes/no/on/off; a bare --flag means true), str, a typing.Literal of
+choices, or any of these `| None` (written "none"). Mistakes stop with a ConfigError
+that names the fix: the closest valid key for a typo, the expected type for a bad value.
+--help lists every key with its value, type and help (the field's metadata["help"], or
+the comment written after it in the class body).
+"""
+
+import dataclasses
+import difflib
+import inspect
+import io
+import sys
+import tokenize
+import tomllib
+import types
+import typing
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).resolve().parent
+TRUE = ("true", "1", "yes", "on")
+FALSE = ("false", "0", "no", "off")
+
+
+class ConfigError(Exception):
+    """A setting the user got wrong; the message says what to write instead."""
+
+
+# -----------------------------------------------------------------------------
+# types: what a field accepts, and how a string becomes that
+
+def _unpack(tp):
+    """Split `X | None` into (X, True); anything else into (tp, False)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0], True
+        raise TypeError(f"unsupported config type {tp}: only X | None unions are allowed")
+    return tp, False
+
+
+def type_name(tp) -> str:
+    base, optional = _unpack(tp)
+    if typing.get_origin(base) is typing.Literal:
+        name = "|".join(str(c) for c in typing.get_args(base))
+    else:
+        name = getattr(base, "__name__", str(base))
+    return name + (" or none" if optional else "")
+
+
+def convert(value, tp, key: str):
+    """Turn `value` (a command-line string, or a value read from TOML) into type `tp`."""
+    base, optional = _unpack(tp)
+    if optional and (value is None or (isinstance(value, str) and value.strip().lower() == "none")):
+        return None
+    bad = ConfigError(f"{key} must be {_article(type_name(tp))}, got {value!r}")
+    if typing.get_origin(base) is typing.Literal:
+        choices = typing.get_args(base)
+        # a choice may be written in any case on the command line: --device=CPU
+        for c in choices:
+            if value == c or (isinstance(value, str) and str(c).lower() == value.strip().lower()):
+                return c
+        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ConfigError(f"{key} must be one of {'|'.join(map(str, choices))}, got {value!r}{hint}")
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in TRUE + FALSE:
+            return value.strip().lower() in TRUE
+        raise ConfigError(f"{key} must be a bool: true or false (or yes/no, on/off, 1/0), got {value!r}")
+    if base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                try:  # "1e3" and "5000.0" are whole numbers too
+                    f = float(value)
+                except ValueError:
+                    raise bad from None
+                if f.is_integer():
+                    return int(f)
+        raise bad
+    if base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)  # --learning_rate=1 and TOML's `learning_rate = 1` are floats
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if base is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    raise TypeError(f"unsupported config type {tp} for {key}")
+
+
+def _article(name: str) -> str:
+    return ("an " if name[0] in "aeiou" else "a ") + name
+
+
+def _format(value) -> str:
+    """A value the way one would type it after --key=."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+# -----------------------------------------------------------------------------
+# the layers
+
+def _fields(cls) -> dict:
+    """{name: (annotated type, default)} for every init field of dataclass `cls`."""
+    hints = typing.get_type_hints(cls, include_extras=False)
+    out = {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        out[f.name] = (hints[f.name], default)
+    return out
+
+
+def _unknown(key: str, known, where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]}?" if close else "; see --help for the list"
+    return ConfigError(f"unknown key {key!r} {where}{hint}")
+
+
+def find_config_file(name: str) -> Path:
+    """A path to a TOML file, or a bare name looked up as configs/NAME.toml."""
+    path = Path(name)
+    if path.suffix == ".toml" or path.parent != Path("."):
+        if not path.is_file():
+            raise ConfigError(f"config file {name} not found")
+        return path
+    candidate = CONFIG_DIR / f"{name}.toml"
+    if candidate.is_file():
+        return candidate
+    names = available_configs()
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    raise ConfigError(f"no config named {name!r}: {hint}the configs in {CONFIG_DIR} are "
+                      f"{', '.join(names) or '(none)'}; or give a path to a .toml file")
+
+
+def available_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+
+
+def read_config_file(path: Path, fields: dict) -> dict:
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from None
+    values = {}
+    for key, value in raw.items():
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key} in {path}: configs are flat `key = value` lines, "
+                              f"without [sections] or lists")
+        if key not in fields:
+            raise _unknown(key, fields, f"in {path}")
+        values[key] = convert(value, fields[key][0], f"{key} (in {path})")
+    return values
+
+
+def parse_overrides(args: list[str], fields: dict) -> dict:
+    values = {}
+    for arg in args:
+        key, eq, text = arg[2:].partition("=")
+        key = key.replace("-", "_")  # --batch-size is forgiven
+        if key not in fields:
+            raise _unknown(key, fields, "on the command line")
+        tp = fields[key][0]
+        if not eq:
+            if _unpack(tp)[0] is not bool:
+                raise ConfigError(f"--{key} needs a value: write --{key}=VALUE "
+                                  f"(one argument, with '='), VALUE {_article(type_name(tp))}")
+            text = "true"  # a bare --flag turns a bool on
+        values[key] = convert(text, tp, f"--{key}")
+    return values
+
+
+def parse_config(cls, argv: list[str], *, prog: str, description: str):
+    """Build an instance of dataclass `cls` from defaults, an optional TOML file and
+    --key=value overrides in `argv` (sys.argv[1:]). --help prints the keys and exits 0."""
+    fields = _fields(cls)
+    want_help = any(a in ("-h", "--help") for a in argv)
+    files = [a for a in argv if not a.startswith("-")]
+    overrides = [a for a in argv if a.startswith("--") and a not in ("--help",)]
+    strays = [a for a in argv if a.startswith("-") and not a.startswith("--") and a != "-h"]
+    if strays:
+        raise ConfigError(f"unexpected argument {strays[0]!r}: settings are written --key=value")
+    if len(files) > 1:
+        raise ConfigError(f"give at most one config file, got {files}; any other setting is "
+                          f"written --key=value (one argument, with '=')")
+    # the overrides are checked first: `--n_layer 4` is reported as a missing '=', not as
+    # a config file called "4"
+    from_cli = {} if want_help else parse_overrides(overrides, fields)
+    values, source = {}, {}
+    if files:
+        path = find_config_file(files[0])
+        values = read_config_file(path, fields)
+        source = {k: path.name for k in values}
+    if want_help:
+        print_help(cls, fields, values, source, prog, description)
+        sys.exit(0)
+    values.update(from_cli)
+    missing = [k for k, (_, d) in fields.items() if d is dataclasses.MISSING and k not in values]
+    if missing:
+        raise ConfigError(f"missing required setting(s): {', '.join('--' + k + '=...' for k in missing)}")
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as e:  # the dataclass's own checks (__post_init__)
+        raise ConfigError(str(e)) from None
+
+
+# -----------------------------------------------------------------------------
+# --help
+
+def field_comments(cls) -> dict:
+    """{field: text} from the comments written after each field in the class body:
+        batch_size: int = 64   # sequences per micro-step
+    Read with tokenize, so a '#' inside a string default is not mistaken for one."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    comments, line_name = {}, {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        row = tok.start[0]
+        if tok.type == tokenize.NAME and row not in line_name:
+            line_name[row] = tok.string
+        elif tok.type == tokenize.COMMENT and row in line_name:
+            comments.setdefault(line_name[row], tok.string.lstrip("#").strip())
+    return comments
+
+
+def print_help(cls, fields, values, source, prog, description):
+    comments = field_comments(cls)
+    helps = {f.name: f.metadata.get("help") or comments.get(f.name, "") for f in dataclasses.fields(cls)}
+    rows = []
+    for key, (tp, default) in fields.items():
+        value = values.get(key, default)
+        shown = "(required)" if value is dataclasses.MISSING else _format(value)
+        note = helps.get(key, "")
+        if key in source:
+            note = f"{note} [from {source[key]}]".strip()
+        rows.append((f"--{key}={shown}", type_name(tp), note))
+    w1 = max(len(r[0]) for r in rows) + 2
+    w2 = max(len(r[1]) for r in rows) + 2
+    out = [f"usage: {prog} [CONFIG] [--key=value ...]", "", description.strip(), "",
+           "CONFIG: a TOML file of `key = value` lines, or the name of one in configs/ "
+           f"({', '.join(available_configs()) or 'none yet'}).",
+           "Later wins: defaults < CONFIG < --key=value. A bool may be written as a bare --key.",
+           "", "settings (--key=value, type, what it does):"]
+    out += [f"  {a:<{w1}}{b:<{w2}}{c}".rstrip() for a, b, c in rows]
+    print("\n".join(out))

@@ -1,0 +1,113 @@
+"""The shared command-line config parser: layers, types, and every mistake's message."""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from configs import CONFIG_DIR, ConfigError, available_configs, parse_config
+
+
+@dataclass
+class Demo:
+    out_dir: str = "out"            # where things go
+    learning_rate: float = 1e-3     # peak learning rate
+    n_layer: int = 6
+    compile: bool = False
+    n_kv_head: int | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    tag: str = field(default="a#b", metadata={"help": "a label"})
+
+    def __post_init__(self):
+        if self.n_layer > 100:
+            raise ValueError("n_layer must be at most 100")
+
+
+def parse(*argv):
+    return parse_config(Demo, list(argv), prog="demo.py", description="A demo.")
+
+
+def test_defaults():
+    assert parse() == Demo()
+
+
+def test_overrides_parse_to_the_field_type():
+    c = parse("--learning_rate=1", "--n_layer=1e1", "--compile", "--n_kv_head=2", "--device=CPU",
+              "--out_dir=x=y")
+    assert c.learning_rate == 1.0 and isinstance(c.learning_rate, float)
+    assert c.n_layer == 10 and isinstance(c.n_layer, int)
+    assert c.compile is True and c.n_kv_head == 2 and c.device == "cpu" and c.out_dir == "x=y"
+    assert parse("--n_kv_head=none").n_kv_head is None
+    assert parse("--n_kv_head=2", "--n_kv_head=None").n_kv_head is None  # later wins
+    for word, value in [("true", True), ("0", False), ("yes", True), ("No", False), ("off", False)]:
+        assert parse(f"--compile={word}").compile is value
+
+
+def test_toml_file_then_command_line(tmp_path):
+    f = tmp_path / "run.toml"
+    f.write_text('# a comment\nn_layer = 2\nlearning_rate = 3\nout_dir = "o"\ncompile = true\n')
+    c = parse(str(f), "--n_layer=4")
+    assert (c.n_layer, c.learning_rate, c.out_dir, c.compile) == (4, 3.0, "o", True)
+
+
+def test_bare_name_resolves_to_configs_dir():
+    names = available_configs()
+    assert names, "configs/ should ship some .toml files"
+    with pytest.raises(ConfigError) as e:  # the shipped files are for train.py, not for Demo
+        parse(names[0])
+    assert "unknown key" in str(e.value) and str(CONFIG_DIR / names[0]) in str(e.value)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--learning_rat=1"], ["unknown key 'learning_rat'", "did you mean learning_rate"]),
+    (["--n_layer=1.5"], ["--n_layer must be an int", "'1.5'"]),
+    (["--learning_rate=fast"], ["--learning_rate must be a float"]),
+    (["--compile=maybe"], ["must be a bool", "true or false"]),
+    (["--device=cdua"], ["one of auto|cpu|cuda", "did you mean cuda"]),
+    (["--n_kv_head=two"], ["an int or none"]),
+    (["--n_layer", "4"], ["--n_layer needs a value", "--n_layer=VALUE"]),
+    (["--n_layer=101"], ["n_layer must be at most 100"]),
+    (["-n"], ["unexpected argument '-n'"]),
+    (["shakespear_char"], ["no config named 'shakespear_char'", "did you mean shakespeare_char"]),
+    (["nope.toml"], ["config file nope.toml not found"]),
+    (["a.toml", "b.toml"], ["at most one config file"]),
+])
+def test_mistakes_name_the_fix(argv, words):
+    with pytest.raises(ConfigError) as e:
+        parse(*argv)
+    for w in words:
+        assert w in str(e.value)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("n_layr = 2\n", ["unknown key 'n_layr'", "did you mean n_layer"]),
+    ("n_layer = 'x'\n", ["n_layer", "must be an int"]),
+    ("n_layer = \n", ["not valid TOML"]),
+    ("[section]\nn_layer = 2\n", ["flat"]),
+])
+def test_bad_toml_files(tmp_path, text, words):
+    f = tmp_path / "bad.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        parse(str(f))
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_help_lists_every_key_with_default_type_and_help(capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        parse("--help")
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: demo.py" in out and "A demo." in out
+    for line in ["--out_dir=out", "--learning_rate=0.001", "--n_layer=6", "--compile=false",
+                 "--n_kv_head=none", "--device=auto", "--tag=a#b"]:
+        assert line in out
+    assert "peak learning rate" in out and "where things go" in out and "a label" in out
+    assert "int or none" in out and "auto|cpu|cuda" in out
+    # with a file, --help shows the file's values and says where they came from
+    f = tmp_path / "run.toml"
+    f.write_text("n_layer = 2\n")
+    with pytest.raises(SystemExit):
+        parse(str(f), "-h")
+    assert "--n_layer=2" in capsys.readouterr().out
