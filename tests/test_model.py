@@ -1,0 +1,300 @@
+"""The model: attention math against worked examples and a reference, causality, the KV cache."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from model import GPT, GPTConfig, ConfigError, attention, causal_softmax, decode
+from model.attention import CausalSelfAttention
+
+torch.set_num_threads(2)
+
+X = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+
+
+def tiny(**kw):
+    cfg = dict(vocab_size=37, block_size=16, n_layer=2, n_head=4, n_embd=32)
+    cfg.update(kw)
+    torch.manual_seed(0)
+    return GPT(GPTConfig(**cfg)).eval()
+
+
+# ---------------------------------------------------------------- the lesson's worked examples
+
+def test_worked_example_q_k_v_equal_x():
+    out, w = attention(X, X, X, causal=False, return_weights=True)
+    assert torch.equal(w.round(decimals=3), torch.tensor(
+        [[0.401, 0.198, 0.401], [0.198, 0.401, 0.401], [0.248, 0.248, 0.503]]))
+    assert torch.equal(out.round(decimals=3), torch.tensor(
+        [[0.802, 0.599], [0.599, 0.802], [0.752, 0.752]]))
+
+
+def test_worked_example_with_projections():
+    Wq = torch.tensor([[1, 0.5], [0, 1]])
+    Wk = torch.tensor([[0.5, 1], [1, 0]])
+    Wv = torch.tensor([[1, -0.5], [0.5, 1]])
+    out, w = attention(X @ Wq, X @ Wk, X @ Wv, causal=False, return_weights=True)
+    assert torch.equal(w.round(decimals=3), torch.tensor(
+        [[0.248, 0.248, 0.503], [0.401, 0.198, 0.401], [0.284, 0.14, 0.576]]))
+    assert torch.equal(out.round(decimals=3), torch.tensor(
+        [[1.128, 0.376], [1.102, 0.198], [1.218, 0.286]]))
+
+
+def test_worked_example_causal_softmax():
+    scores = torch.tensor([[2, 1, 0.5], [1.2, 2.1, 0.7], [0.8, 1.3, 2.2]])
+    assert torch.equal(causal_softmax(scores).round(decimals=3), torch.tensor(
+        [[1, 0, 0], [0.289, 0.711, 0], [0.149, 0.246, 0.605]]))
+
+
+# ---------------------------------------------------------------- against a reference we did not write
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_matches_torch_multihead_attention(bias):
+    torch.manual_seed(0)
+    C, nh, T = 32, 4, 7
+    cfg = GPTConfig(n_embd=C, n_head=nh, block_size=T, bias=bias, attn_impl="explicit")
+    ours = CausalSelfAttention(cfg).eval()
+    ref = nn.MultiheadAttention(C, nh, bias=bias, batch_first=True).eval()
+    with torch.no_grad():
+        ref.in_proj_weight.copy_(torch.cat([ours.q_proj.weight, ours.k_proj.weight, ours.v_proj.weight]))
+        ref.out_proj.weight.copy_(ours.o_proj.weight)
+        if bias:
+            ref.in_proj_bias.copy_(torch.cat([ours.q_proj.bias, ours.k_proj.bias, ours.v_proj.bias]))
+            ref.out_proj.bias.copy_(ours.o_proj.bias)
+    x = torch.randn(2, T, C)
+    future = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)  # True = may not attend
+    ref_out, ref_w = ref(x, x, x, attn_mask=future, need_weights=True, average_attn_weights=False)
+    weights = []
+    with torch.no_grad():
+        out = ours(x, attn_out=weights)
+    torch.testing.assert_close(out, ref_out, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(weights[0], ref_w, atol=1e-6, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- explicit path == SDPA path
+
+VARIANTS = [(h, kv, pe) for h, kv in [(4, 4), (4, 2), (4, 1)] for pe in ["learned", "rope"]]
+
+
+@pytest.mark.parametrize("n_head,n_kv_head,pos_emb", VARIANTS)
+def test_explicit_equals_sdpa(n_head, n_kv_head, pos_emb):
+    m = tiny(n_head=n_head, n_kv_head=n_kv_head, pos_emb=pos_emb, attn_impl="explicit")
+    idx = torch.randint(0, 37, (3, 16))
+    with torch.no_grad():
+        explicit, _ = m(idx)
+        for block in m.blocks:
+            block.attn.impl = "sdpa"
+        fast, _ = m(idx)
+    torch.testing.assert_close(fast, explicit, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("t_q", [1, 3, 8])
+def test_sdpa_end_aligned_mask_when_fewer_queries_than_keys(t_q):
+    from model.attention import sdpa_attention
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 4, t_q, 8), torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    torch.testing.assert_close(sdpa_attention(q, k, v), attention(q, k, v), atol=1e-6, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- causality and the weights
+
+@pytest.mark.parametrize("pos_emb", ["learned", "rope"])
+def test_future_tokens_never_change_past_logits(pos_emb):
+    m = tiny(pos_emb=pos_emb)
+    idx = torch.randint(0, 37, (1, 16))
+    for t in [0, 5, 14]:
+        changed = idx.clone()
+        changed[0, t + 1:] = (changed[0, t + 1:] + 1) % 37
+        with torch.no_grad():
+            a, _ = m(idx)
+            b, _ = m(changed)
+        assert torch.equal(a[:, :t + 1], b[:, :t + 1])
+        assert not torch.allclose(a[:, t + 1:], b[:, t + 1:])  # the change did reach later positions
+
+
+def test_attention_rows_sum_to_one_and_future_is_exactly_zero():
+    m = tiny(n_kv_head=2)
+    maps = m.attention_maps(torch.randint(0, 37, (2, 16)))
+    assert len(maps) == 2
+    for w in maps:
+        assert w.shape == (2, 4, 16, 16)
+        torch.testing.assert_close(w.sum(-1), torch.ones(2, 4, 16))
+        future = torch.triu(torch.ones(16, 16, dtype=torch.bool), diagonal=1)
+        assert (w[..., future] == 0).all()
+        assert (w[..., ~future] > 0).all()
+
+
+# ---------------------------------------------------------------- cached == uncached decoding
+
+def steps(m, idx, n, **kw):
+    """Run decode and return (logits (n, N, V), tokens (N, n))."""
+    out = list(decode(m, idx, n, temperature=0, **kw))
+    return torch.stack([lg for lg, _ in out]), torch.stack([t for _, t in out], dim=1)
+
+
+def assert_cached_matches(m, idx, n, atol=1e-5, **kw):
+    lc, tc = steps(m, idx, n, use_cache=True, **kw)
+    lu, tu = steps(m, idx, n, use_cache=False, **kw)
+    assert torch.equal(tc, tu), "greedy tokens differ between cached and uncached decoding"
+    torch.testing.assert_close(lc, lu, atol=atol, rtol=0)
+    return tc
+
+
+@pytest.mark.parametrize("n_head,n_kv_head,pos_emb", VARIANTS)
+@pytest.mark.parametrize("prompt_len", [1, 4, 15])  # 15 = block_size - 1
+@pytest.mark.parametrize("impl", ["sdpa", "explicit"])
+def test_cached_equals_uncached(n_head, n_kv_head, pos_emb, prompt_len, impl):
+    m = tiny(n_head=n_head, n_kv_head=n_kv_head, pos_emb=pos_emb, attn_impl=impl)
+    idx = torch.randint(0, 37, (2, prompt_len))  # batch of 2 different prompts
+    assert_cached_matches(m, idx, 16 - prompt_len)
+
+
+def test_cached_logits_equal_a_plain_forward_of_the_same_tokens():
+    # a second reference, independent of the uncached generation loop
+    m = tiny(pos_emb="rope", n_kv_head=2)
+    idx = torch.randint(0, 37, (2, 3))
+    logits, toks = steps(m, idx, 13, use_cache=True)
+    seq = torch.cat([idx, toks], dim=1)
+    with torch.no_grad():
+        full, _ = m(seq[:, :16])
+    for i in range(13):
+        torch.testing.assert_close(logits[i], full[:, 2 + i], atol=1e-5, rtol=0)
+
+
+def test_num_samples_share_one_prefill():
+    m = tiny(n_kv_head=1)
+    idx = torch.randint(0, 37, (2, 5))
+    toks = assert_cached_matches(m, idx, 8, num_samples=3)
+    assert toks.shape == (6, 8)
+    assert torch.equal(toks[0], toks[1])  # greedy: all samples of one prompt agree
+    # sampled: every row draws its own tokens from the very first step
+    gen = list(decode(m, idx[:1], 1, temperature=5.0, num_samples=64, seed=0))
+    assert len(set(gen[0][1].tolist())) > 1
+
+
+def test_dropout_model_in_eval_mode():
+    m = tiny(dropout=0.3)
+    m.train()  # generation must switch dropout off by itself, and restore the mode afterwards
+    assert_cached_matches(m, torch.randint(0, 37, (2, 3)), 10)
+    assert m.training
+
+
+def test_cache_reused_after_reset():
+    m = tiny(pos_emb="rope")
+    a, b = torch.randint(0, 37, (1, 6)), torch.randint(0, 37, (1, 4))
+    cache = m.new_cache(1)
+    with torch.no_grad():
+        m(a, cache=cache)
+        m(a[:, :1], cache=cache)
+        cache.reset()
+        reused = m(b, cache=cache)[0]
+        reused_step = m(b[:, :1], cache=cache)[0]
+        fresh = m(torch.cat([b, b[:, :1]], dim=1))[0]
+    torch.testing.assert_close(reused, fresh[:, :4], atol=1e-5, rtol=0)
+    torch.testing.assert_close(reused_step[:, -1], fresh[:, -1], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("pos_emb", ["learned", "rope"])
+@pytest.mark.parametrize("keep", [None, 1, 16])
+@pytest.mark.parametrize("impl", ["sdpa", "explicit"])
+def test_past_block_size(pos_emb, keep, impl):
+    m = tiny(pos_emb=pos_emb, n_kv_head=2, attn_impl=impl)
+    idx = torch.randint(0, 37, (2, 5))
+    toks = assert_cached_matches(m, idx, 40, keep=keep)  # 2.5 windows
+    assert toks.shape == (2, 40)
+
+
+def test_prompt_longer_than_block_size():
+    m = tiny()
+    assert_cached_matches(m, torch.randint(0, 37, (1, 40)), 10)
+
+
+def test_bf16_cached_close_to_uncached():
+    # bf16 keeps ~3 significant digits, and cached/uncached add up the same numbers in a
+    # different order, so logits agree only to about 1e-2 of their scale: compare the cached
+    # logits with a plain bf16 forward of the same tokens, atol 0.05 (fp32 uses 1e-5)
+    m = tiny(n_kv_head=2, pos_emb="rope").to(torch.bfloat16)
+    idx = torch.randint(0, 37, (2, 4))
+    logits, toks = steps(m, idx, 12, use_cache=True)
+    assert logits.dtype == torch.bfloat16
+    with torch.no_grad():
+        full, _ = m(torch.cat([idx, toks], dim=1)[:, :16])
+    for i in range(12):
+        torch.testing.assert_close(logits[i].float(), full[:, 3 + i].float(), atol=0.05, rtol=0)
+
+
+# ---------------------------------------------------------------- sampling controls
+
+def test_seed_reproducible_and_filters():
+    m = tiny()
+    idx = torch.randint(0, 37, (1, 3))
+    a = m.generate(idx, 20, temperature=1.0, top_k=5, seed=123)
+    b = m.generate(idx, 20, temperature=1.0, top_k=5, seed=123)
+    assert torch.equal(a, b)
+    from model import sample_next
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
+    g = torch.Generator().manual_seed(0)
+    assert {sample_next(logits, 1.0, top_k=1, generator=g).item() for _ in range(20)} == {3}
+    picked = {sample_next(logits, 1.0, top_p=0.9, generator=g).item() for _ in range(200)}
+    # probs 0.644, 0.237, 0.087, 0.032: tokens 3, 2, 1 reach 0.968 >= 0.9, token 0 is cut
+    assert picked <= {1, 2, 3} and 3 in picked
+    assert sample_next(logits, 0).item() == 3
+
+
+@pytest.mark.parametrize("kw", [dict(temperature=-1), dict(top_k=0), dict(top_p=0.0),
+                                dict(top_p=1.5), dict(num_samples=0), dict(keep=0)])
+def test_bad_generation_values(kw):
+    m = tiny()
+    with pytest.raises(ValueError):
+        m.generate(torch.zeros(1, 2, dtype=torch.long), 3, **kw)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        m.generate(torch.zeros(1, 2, dtype=torch.long), -1)
+
+
+# ---------------------------------------------------------------- training sanity and errors
+
+def test_tiny_model_overfits_short_text():
+    torch.manual_seed(0)
+    text = "to be or not to be, that is the question. "
+    vocab = sorted(set(text))
+    data = torch.tensor([vocab.index(c) for c in text])
+    m = GPT(GPTConfig(vocab_size=len(vocab), block_size=32, n_layer=2, n_head=2, n_embd=32))
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+    x, y = data[None, :32], data[None, 1:33]
+    first = m(x, y)[1].item()
+    for _ in range(150):
+        _, loss = m(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert first > 2.5
+    assert loss.item() < 0.2 * first
+
+
+def test_idx_longer_than_block_size_is_a_clear_error():
+    m = tiny()
+    with pytest.raises(ValueError, match="block_size"):
+        m(torch.zeros(1, 17, dtype=torch.long))
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(n_embd=30, n_head=4), "divisible by n_head"),
+    (dict(n_head=4, n_kv_head=3), "multiple of n_kv_head"),
+    (dict(n_head=4, n_kv_head=8), "multiple of n_kv_head"),
+    (dict(n_embd=12, n_head=4, pos_emb="rope"), "even"),
+    (dict(pos_emb="alibi"), "pos_emb"),
+    (dict(attn_impl="flash"), "attn_impl"),
+    (dict(dropout=1.0), "dropout"),
+    (dict(n_layer=0), "n_layer"),
+    (dict(vocab_size=2.5), "vocab_size"),
+])
+def test_bad_config_is_a_clear_error(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        GPTConfig(**kw)
+
+
+def test_param_count_and_tied_head():
+    m = GPT(GPTConfig(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384))
+    assert m.lm_head.weight is m.wte.weight
+    # nanoGPT's shakespeare_char model reports 10.65M parameters (no biases here: a little fewer)
+    assert 10.6e6 < m.num_params() < 10.8e6
