@@ -104,6 +104,7 @@ class CausalSelfAttention(nn.Module):
         self.head_size = config.head_size
         self.dropout = config.dropout
         self.impl = config.attn_impl
+        self.qk_norm = config.qk_norm
         C, hs = config.n_embd, config.head_size
         # one Linear per role; K and V are narrower when heads share them (GQA / MQA)
         self.q_proj = nn.Linear(C, self.n_head * hs, bias=config.bias)
@@ -123,6 +124,10 @@ class CausalSelfAttention(nn.Module):
         q = self.q_proj(x).view(B, T, self.n_head, self.head_size).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_size).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_size).transpose(1, 2)
+        if self.qk_norm:
+            # unit-RMS queries and keys bound the scores, so no head's softmax can saturate
+            q = F.rms_norm(q, (self.head_size,))
+            k = F.rms_norm(k, (self.head_size,))
         if rotary is not None:
             q, k = rotary(q, pos), rotary(k, pos)
         if cache is not None:

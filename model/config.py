@@ -24,6 +24,14 @@ class GPTConfig:
     pos_emb: str = "learned"    # "learned" absolute positions (GPT-2) or "rope" (rotary)
     rope_base: float = 10000.0  # RoPE frequency base
     attn_impl: str = "sdpa"     # "sdpa" (fused kernel) or "explicit" (the math written out)
+    # Options from the modded-nanogpt speedrun line of work; the defaults are GPT-2's choices.
+    norm: str = "layernorm"     # "layernorm" or "rmsnorm" (parameter-free: no gain, no bias)
+    embed_norm: bool = False    # normalise the embeddings before the first block
+    qk_norm: bool = False       # RMS-normalise each head's q and k before the dot product
+    mlp_act: str = "gelu"       # "gelu" or "relu2" (ReLU squared)
+    zero_init: bool = False     # residual output projections (and an untied head) start at zero
+    tie_embeddings: bool = True  # the head reuses the token embedding matrix
+    logit_softcap: float = 0.0  # > 0: logits = c * tanh(logits / c), keeps them in (-c, c)
 
     def __post_init__(self):
         if self.n_kv_head is None:
@@ -52,6 +60,13 @@ class GPTConfig:
             raise ConfigError(f"rope_base must be positive, got {self.rope_base!r}")
         if self.attn_impl not in ("sdpa", "explicit"):
             raise ConfigError(f"attn_impl must be 'sdpa' or 'explicit', got {self.attn_impl!r}")
+
+        if self.norm not in ("layernorm", "rmsnorm"):
+            raise ConfigError(f"norm must be 'layernorm' or 'rmsnorm', got {self.norm!r}")
+        if self.mlp_act not in ("gelu", "relu2"):
+            raise ConfigError(f"mlp_act must be 'gelu' or 'relu2', got {self.mlp_act!r}")
+        if self.logit_softcap < 0:
+            raise ConfigError(f"logit_softcap must be >= 0 (0 = off), got {self.logit_softcap!r}")
 
     @property
     def head_size(self) -> int:

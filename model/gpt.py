@@ -20,24 +20,41 @@ from .generate import generate, generate_stream
 from .kv_cache import KVCache
 
 
+class RMSNorm(nn.Module):
+    """x / rms(x): rescale each token's vector to unit root-mean-square. No learned gain,
+    no bias, no mean subtraction: cheaper than LayerNorm and works as well here."""
+
+    def forward(self, x):
+        return F.rms_norm(x, (x.size(-1),))
+
+
+def make_norm(config):
+    if config.norm == "rmsnorm":
+        return RMSNorm()
+    return nn.LayerNorm(config.n_embd, bias=config.bias)
+
+
 class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.proj.residual_out = True
+        self.act = config.mlp_act
         self.drop = nn.Dropout(config.dropout)
 
     def forward(self, x):                                  # (B, T, C)
-        return self.drop(self.proj(F.gelu(self.fc(x))))   # widen 4x, nonlinearity, back to C
+        h = self.fc(x)                                     # widen 4x: (B, T, 4C)
+        h = F.gelu(h) if self.act == "gelu" else F.relu(h).square()
+        return self.drop(self.proj(h))                     # back to C
 
 
 class Block(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
     def forward(self, x, rotary=None, cache=None, layer=0, attn_out=None):
@@ -57,19 +74,32 @@ class GPT(nn.Module):
         else:
             self.wpe = None
             self.rotary = Rotary(config.head_size, config.block_size, config.rope_base)
+        self.ln_e = make_norm(config) if config.embed_norm else nn.Identity()
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
-        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_f = make_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # weight tying: the same matrix reads tokens in and scores them out (fewer parameters,
-        # and it trains better at this scale)
-        self.lm_head.weight = self.wte.weight
+        if config.tie_embeddings:
+            # weight tying: the same matrix reads tokens in and scores them out (fewer
+            # parameters, and it trains better at GPT-2's scale)
+            self.lm_head.weight = self.wte.weight
+        else:
+            self.lm_head.residual_out = True  # an untied head is an output too: zero_init covers it
         self.apply(self._init_weights)
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
             std = 0.02
-            if getattr(module, "residual_out", False):
+            if getattr(module, "residual_out", False) and self.config.zero_init:
+                # each block starts as the identity and the head predicts uniformly; gradients
+                # still flow, since the inputs of these layers are not zero
+                nn.init.zeros_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+                return
+            if module is self.lm_head:
+                pass  # an untied head keeps the plain 0.02 init
+            elif getattr(module, "residual_out", False):
                 # every block adds two outputs to the residual stream; shrinking them by
                 # 1/sqrt(2 * n_layer) keeps the stream's variance from growing with depth (GPT-2)
                 std = 0.02 / math.sqrt(2 * self.config.n_layer)
@@ -82,7 +112,7 @@ class GPT(nn.Module):
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; by default without the position table (the token table is
         counted once, as it doubles as the head)."""
-        n = sum(p.numel() for p in self.parameters())
+        n = sum(p.numel() for p in self.parameters())  # a tied head's weight is counted once
         if non_embedding and self.wpe is not None:
             n -= self.wpe.weight.numel()
         return n
@@ -106,19 +136,28 @@ class GPT(nn.Module):
         x = self.wte(idx)                                                      # (B, T, C)
         if self.wpe is not None:
             x = x + self.wpe(torch.arange(pos, pos + T, device=idx.device))    # (T, C) broadcast
-        x = self.drop(x)
+        x = self.drop(self.ln_e(x))
         for i, block in enumerate(self.blocks):
             x = block(x, self.rotary, cache, i, attn_out)
         if cache is not None:
             cache.advance(T)
         x = self.ln_f(x)
         if targets is None:
-            logits = self.lm_head(x[:, -1:] if last_only else x)               # (B, T, V)
+            logits = self.head(x[:, -1:] if last_only else x)                  # (B, T, V)
             return logits, None
-        logits = self.lm_head(x)
+        logits = self.head(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1),
                                ignore_index=-1)
         return logits, loss
+
+    def head(self, x):
+        """Scores for every vocabulary entry, (B, T, V); optionally soft-capped."""
+        logits = self.lm_head(x)
+        c = self.config.logit_softcap
+        if c > 0:
+            # tanh squashes smoothly into (-c, c): no logit can run away and blow up the loss
+            logits = c * torch.tanh(logits / c)
+        return logits
 
     @torch.no_grad()
     def attention_maps(self, idx) -> list:

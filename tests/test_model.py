@@ -298,3 +298,52 @@ def test_param_count_and_tied_head():
     assert m.lm_head.weight is m.wte.weight
     # nanoGPT's shakespeare_char model reports 10.65M parameters (no biases here: a little fewer)
     assert 10.6e6 < m.num_params() < 10.8e6
+
+
+# ---------------------------------------------------------------- speedrun options (issue 7)
+
+SPEEDRUN = dict(norm="rmsnorm", embed_norm=True, qk_norm=True, mlp_act="relu2",
+                tie_embeddings=False, logit_softcap=15.0, pos_emb="rope")
+
+
+@pytest.mark.parametrize("option", [dict(norm="rmsnorm"), dict(embed_norm=True), dict(qk_norm=True),
+                                    dict(mlp_act="relu2"), dict(tie_embeddings=False),
+                                    dict(logit_softcap=2.0), dict(zero_init=True), SPEEDRUN])
+def test_options_keep_cached_equal_uncached_and_train(option):
+    m = tiny(**option, n_kv_head=2)
+    with torch.no_grad():  # zero_init would make every logit equal; perturb to make the test bite
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    assert_cached_matches(m, torch.randint(0, 37, (2, 3)), 30)
+    m.train()
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    x = torch.randint(0, 37, (4, 16))
+    losses = []
+    for _ in range(30):
+        loss = m(x[:, :-1], x[:, 1:])[1]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_zero_init_untied_head_starts_uniform_and_blocks_are_identity():
+    m = tiny(zero_init=True, tie_embeddings=False)
+    assert m.lm_head.weight is not m.wte.weight
+    for block in m.blocks:
+        assert (block.attn.o_proj.weight == 0).all() and (block.mlp.proj.weight == 0).all()
+    logits, loss = m(torch.randint(0, 37, (1, 8)), torch.randint(0, 37, (1, 8)))
+    assert (logits == 0).all()
+    torch.testing.assert_close(loss, torch.log(torch.tensor(37.0)))
+
+
+def test_rmsnorm_is_parameter_free_and_softcap_bounds_logits():
+    ln, rms = tiny(), tiny(norm="rmsnorm")
+    assert rms.num_params() < ln.num_params()
+    assert not any("ln_" in name for name, _ in rms.named_parameters())
+    m = tiny(logit_softcap=2.0)
+    with torch.no_grad():
+        m.lm_head.weight.mul_(100)
+        logits, _ = m(torch.randint(0, 37, (1, 8)))
+    assert logits.abs().max() <= 2.0 and logits.abs().max() > 1.9  # tanh reaches 1.0 in fp32
