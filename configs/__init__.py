@@ -206,10 +206,18 @@ def parse_overrides(args: list[str], fields: dict) -> dict:
 def parse_config(cls, argv: list[str], *, prog: str, description: str):
     """Build an instance of dataclass `cls` from defaults, an optional TOML file and
     --key=value overrides in `argv` (sys.argv[1:]). --help prints the keys and exits 0."""
+    _, values = read_args(cls, argv, prog=prog, description=description)
+    return build(cls, values)
+
+
+def read_args(cls, argv: list[str], *, prog: str, description: str) -> tuple[Path | None, dict]:
+    """The two upper layers on their own: (the config file or None, {key: value} set by the
+    file and the command line, already converted). For programs that put a layer of their
+    own under them (train.py: a resumed run's config). --help prints the keys and exits 0."""
     fields = _fields(cls)
     want_help = any(a in ("-h", "--help") for a in argv)
     files = [a for a in argv if not a.startswith("-")]
-    overrides = [a for a in argv if a.startswith("--") and a not in ("--help",)]
+    overrides = [a for a in argv if a.startswith("--") and a != "--help"]
     strays = [a for a in argv if a.startswith("-") and not a.startswith("--") and a != "-h"]
     if strays:
         raise ConfigError(f"unexpected argument {strays[0]!r}: settings are written --key=value")
@@ -219,7 +227,7 @@ def parse_config(cls, argv: list[str], *, prog: str, description: str):
     # the overrides are checked first: `--n_layer 4` is reported as a missing '=', not as
     # a config file called "4"
     from_cli = {} if want_help else parse_overrides(overrides, fields)
-    values, source = {}, {}
+    path, values, source = None, {}, {}
     if files:
         path = find_config_file(files[0])
         values = read_config_file(path, fields)
@@ -227,8 +235,17 @@ def parse_config(cls, argv: list[str], *, prog: str, description: str):
     if want_help:
         print_help(cls, fields, values, source, prog, description)
         sys.exit(0)
-    values.update(from_cli)
-    missing = [k for k, (_, d) in fields.items() if d is dataclasses.MISSING and k not in values]
+    return path, {**values, **from_cli}
+
+
+def load_config_file(cls, name: str) -> dict:
+    """{key: value} of one TOML file (a path or a name in configs/), checked against cls."""
+    return read_config_file(find_config_file(name), _fields(cls))
+
+
+def build(cls, values: dict):
+    """cls(**values), with missing required keys and the class's own checks as ConfigError."""
+    missing = [k for k, (_, d) in _fields(cls).items() if d is dataclasses.MISSING and k not in values]
     if missing:
         raise ConfigError(f"missing required setting(s): {', '.join('--' + k + '=...' for k in missing)}")
     try:

@@ -111,3 +111,14 @@ def test_help_lists_every_key_with_default_type_and_help(capsys, tmp_path):
     with pytest.raises(SystemExit):
         parse(str(f), "-h")
     assert "--n_layer=2" in capsys.readouterr().out
+
+
+def test_read_args_returns_only_what_was_set(tmp_path):
+    from configs import build, load_config_file, read_args
+    f = tmp_path / "run.toml"
+    f.write_text("n_layer = 2\n")
+    path, values = read_args(Demo, [str(f), "--compile"], prog="demo.py", description="")
+    assert path == f and values == {"n_layer": 2, "compile": True}
+    assert load_config_file(Demo, str(f)) == {"n_layer": 2}
+    assert build(Demo, {**values, "tag": "t"}) == Demo(n_layer=2, compile=True, tag="t")
+    assert read_args(Demo, [], prog="demo.py", description="") == (None, {})
