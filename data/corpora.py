@@ -175,7 +175,7 @@ def tinyshakespeare(source=None, cache_dir=None, url=None, sha256=None):
             except DataError as e:
                 raise DataError(f"{e}; offline? download input.txt on another machine and pass it "
                                 "with --source=PATH") from None
-        text, where = read_text(cached), url
+        text, where = read_text(cached), f"{url} (local copy, sha256 verified)"
     if sha256_text(text) != sha256:
         raise DataError(f"{where} is not Tiny Shakespeare (sha256 {sha256_text(text)}, expected "
                         f"{sha256}); pass an unmodified copy of {TINY_URL} with --source=PATH")

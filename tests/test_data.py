@@ -213,7 +213,7 @@ def test_tinyshakespeare_from_local_copy(tmp_path, tiny):
 def test_tinyshakespeare_download(tmp_path, tiny, monkeypatch):
     monkeypatch.setattr(corpora, "TINY_URL", tiny.as_uri())
     d = prepare("tinyshakespeare", root=tmp_path / "out", quiet=True)
-    assert load_meta(d)["val_tokens"] == 111_540 and load_meta(d)["source"] == tiny.as_uri()
+    assert load_meta(d)["val_tokens"] == 111_540 and load_meta(d)["source"].startswith(tiny.as_uri())
     assert (tmp_path / "out" / "downloads" / "tinyshakespeare.txt").read_text() == tiny.read_text()
 
 
