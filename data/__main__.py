@@ -23,12 +23,15 @@ def main(argv=None):
     p.add_argument("--dataset", default=DEFAULT_DATASET,
                    help=f"{' or '.join(DATASETS)}, or a path to a .txt file or a folder of .txt files "
                         f"(default: {DEFAULT_DATASET}, works offline)")
-    p.add_argument("--tokenizer", default="char", help="char, gpt2 (needs a network once) or bpe (default: char)")
+    p.add_argument("--tokenizer", default="char",
+                   help="char, gpt2 (needs a network once) or bpe (default: char)")
     p.add_argument("--vocab_size", type=int, default=None,
                    help=f"bpe only: vocabulary size to train (default: {DEFAULT_BPE_VOCAB})")
-    p.add_argument("--source", default=None, help="tinyshakespeare only: a local copy of input.txt instead of downloading")
+    p.add_argument("--source", default=None,
+                   help="tinyshakespeare only: a local copy of input.txt instead of downloading")
     p.add_argument("--root", default=None, help="where prepared datasets go (default: data/prepared)")
-    p.add_argument("--dtype", default=None, help="uint16 or uint32 (default: the smallest that fits the vocab)")
+    p.add_argument("--dtype", default=None,
+                   help="uint16 or uint32 (default: the smallest that fits the vocab)")
     p.add_argument("--force", action="store_true", help="redo it even if already prepared")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     args = ap.parse_args(argv)

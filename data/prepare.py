@@ -24,7 +24,7 @@ from . import DataError
 from .corpora import load_corpus
 from .tokenizers import KINDS, check_bpe_vocab, check_kind
 
-FORMAT = 1  # bump when the layout or a split rule changes, so old preparations are redone
+FORMAT = 2  # bump when the layout, a split rule or BPE training changes: old preparations are redone
 DEFAULT_DATASET = "shakespeare"
 DEFAULT_ROOT = Path(__file__).parent / "prepared"
 DEFAULT_BPE_VOCAB = 2048
@@ -135,7 +135,7 @@ def prepare(dataset=DEFAULT_DATASET, tokenizer="char", *, vocab_size=None, sourc
         log(f"training a {vocab_size}-token BPE on {len(corpus.train):,} characters")
         tok = KINDS["bpe"].train(corpus.train, vocab_size)
         if tok.vocab_size < vocab_size:
-            log(f"note: the text only supports {tok.vocab_size - 256} merges, so the vocab is {tok.vocab_size}")
+            log(f"note: the text only supports {tok.vocab_size - 256} merges: the vocab is {tok.vocab_size}")
     else:
         tok = KINDS[tokenizer].train(corpus.train)
     dt = pick_dtype(tok.vocab_size, dtype)

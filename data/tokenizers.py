@@ -14,6 +14,7 @@ All three encode "<|endoftext|>" as ordinary text: there are no special tokens.
 import base64
 import hashlib
 import os
+import re
 import tempfile
 
 import tiktoken
@@ -113,7 +114,8 @@ class BPETokenizer(_TiktokenTokenizer):
         """ranks: the token byte strings in rank order (token id = index); pattern: split regex."""
         self.ranks, self.pattern = list(ranks), pattern
         # byte-level: all 256 single bytes must be tokens, or some text could not be encoded
-        if len(set(self.ranks)) != len(self.ranks) or set(self.ranks[:256]) != {bytes([i]) for i in range(256)}:
+        if len(set(self.ranks)) != len(self.ranks) or \
+                set(self.ranks[:256]) != {bytes([i]) for i in range(256)}:
             raise DataError("bpe ranks must start with the 256 single bytes and have no duplicates")
         self.enc = tiktoken.Encoding(name=f"qkvgpt-bpe-{len(self.ranks)}", pat_str=pattern,
                                      mergeable_ranks={b: i for i, b in enumerate(self.ranks)},
@@ -125,8 +127,9 @@ class BPETokenizer(_TiktokenTokenizer):
         import rustbpe
         check_bpe_vocab(vocab_size)
         tok = rustbpe.Tokenizer()
-        # feed it speech-sized pieces: rustbpe counts the regex chunks of each piece in parallel
-        tok.train_from_iterator(iter(text.split("\n\n")), vocab_size)
+        # feed it speech-sized pieces, each keeping its closing blank line (so ".\n\n" can merge):
+        # rustbpe counts the regex chunks of the pieces in parallel
+        tok.train_from_iterator(iter(re.split(r"(?<=\n\n)", text)), vocab_size)
         ranks = sorted(tok.get_mergeable_ranks(), key=lambda br: br[1])
         assert [r for _, r in ranks] == list(range(len(ranks))), "rustbpe ranks are not 0..n-1"
         return cls([b for b, _ in ranks], tok.get_pattern())
