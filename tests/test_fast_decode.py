@@ -1,0 +1,168 @@
+"""The static-cache decode step (model/fast_decode.py) against the plain KV cache path.
+
+On CPU the fixed-shape step runs eagerly: same shapes, same in-place cache writes, same
+position tensor and mask as the CUDA graph replays, so these tests check its logic token for
+token (greedy, fp32). The CUDA-graph tests at the bottom skip without a GPU."""
+
+from dataclasses import fields
+
+import pytest
+import torch
+
+from model import GPT, GPTConfig
+from model.fast_decode import KNOWN_CONFIG, StaticDecoder, decode_static
+from model.generate import decode
+
+BLOCK = 16
+CONFIGS = {
+    "mha-learned": dict(),
+    "gqa-rope": dict(n_head=4, n_kv_head=2, pos_emb="rope"),
+    "mqa-bias-explicit": dict(n_head=4, n_kv_head=1, bias=True, attn_impl="explicit"),
+    "speedrun-options": dict(pos_emb="rope", norm="rmsnorm", embed_norm=True, qk_norm=True,
+                             mlp_act="relu2", tie_embeddings=False, logit_softcap=30.0),
+}
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CUDA graphs)")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread beats two fighting on a shared machine
+    yield
+    torch.set_num_threads(n)
+
+
+def make(device="cpu", **kw):
+    """A small random model whose weights are scaled up, so its logits are peaked: greedy
+    choices are then clear-cut, not near-ties that rounding could flip."""
+    torch.manual_seed(0)
+    kw.setdefault("n_head", 2)
+    model = GPT(GPTConfig(vocab_size=48, block_size=BLOCK, n_layer=2, n_embd=32, **kw))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(4)
+    return model.to(device).eval()
+
+
+def run(steps):
+    """Collect a decode generator: (logits (N, n, V), tokens (N, n))."""
+    logits, tokens = zip(*steps)
+    return torch.stack(logits, 1), torch.stack(tokens, 1)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("prompt_len", [1, BLOCK - 1])
+@pytest.mark.parametrize("num_samples", [1, 3])
+def test_static_step_matches_cached_greedy(name, prompt_len, num_samples):
+    # 40 new tokens past a 16-token window: the static path re-prefills like the plain one
+    model = make(**CONFIGS[name])
+    idx = torch.randint(0, 48, (2, prompt_len), generator=torch.Generator().manual_seed(1))
+    want_l, want_t = run(decode(model, idx, 40, temperature=0, num_samples=num_samples))
+    got_l, got_t = run(decode_static(model, idx, 40, temperature=0, num_samples=num_samples))
+    assert torch.equal(got_t, want_t)
+    torch.testing.assert_close(got_l, want_l, rtol=1e-4, atol=1e-4)
+
+
+def test_static_step_matches_uncached_logits():
+    """Independent of the KV cache code: each step's logits equal a fresh forward of the window."""
+    model = make(pos_emb="rope", n_head=4, n_kv_head=2)
+    idx = torch.randint(0, 48, (1, 3), generator=torch.Generator().manual_seed(2))
+    want_l, want_t = run(decode(model, idx, 30, temperature=0, use_cache=False))
+    got_l, got_t = run(decode_static(model, idx, 30, temperature=0))
+    assert torch.equal(got_t, want_t)
+    torch.testing.assert_close(got_l, want_l, rtol=1e-4, atol=1e-4)
+
+
+def test_sampling_with_a_seed_matches_cached():
+    model = make()
+    idx = torch.randint(0, 48, (1, 4), generator=torch.Generator().manual_seed(3))
+    kw = dict(temperature=0.9, top_k=20, top_p=0.95, seed=7, num_samples=4)
+    assert torch.equal(run(decode_static(model, idx, 30, **kw))[1], run(decode(model, idx, 30, **kw))[1])
+
+
+def test_stale_cache_contents_are_masked_and_decoder_is_reusable():
+    """Attention runs over all max_len slots; slots not yet written must get weight 0. Fill
+    them with junk first: the tokens must not change. Decoding twice must not either."""
+    model = make(n_head=4, n_kv_head=2)
+    idx = torch.randint(0, 48, (1, 5), generator=torch.Generator().manual_seed(4))
+    want = run(decode(model, idx, 20, temperature=0))[1]
+    dec = StaticDecoder(model, 1)
+    dec.cache.k.fill_(3.0)
+    dec.cache.v.normal_(0, 100)
+    assert torch.equal(run(dec.decode(idx, 20, temperature=0))[1], want)
+    assert torch.equal(run(dec.decode(idx, 20, temperature=0))[1], want)
+
+
+def test_buffers_keep_their_addresses():
+    """A CUDA graph replays on fixed memory: prefill, num_samples and the re-prefill past
+    block_size must all write into the same buffers, never reallocate them."""
+    model = make()
+    dec = StaticDecoder(model, 6)
+    ptrs = [t.data_ptr() for t in (dec.cache.k, dec.cache.v, dec.pos, dec.tok, dec.logits)]
+    idx = torch.randint(0, 48, (2, 5), generator=torch.Generator().manual_seed(5))
+    run(dec.decode(idx, 3 * BLOCK, temperature=0, num_samples=3))
+    assert ptrs == [t.data_ptr() for t in (dec.cache.k, dec.cache.v, dec.pos, dec.tok, dec.logits)]
+    assert dec.pos.item() == dec.filled  # the device position and the host's count agree
+
+
+def test_step_returns_the_static_buffer_and_decode_clones_it():
+    model = make()
+    dec = StaticDecoder(model, 1)
+    steps = list(dec.decode(torch.zeros(1, 2, dtype=torch.long), 4, temperature=0))
+    assert all(l.data_ptr() != dec.logits.data_ptr() for l, _ in steps)
+    assert not torch.equal(steps[1][0], steps[2][0])  # kept logits were not overwritten
+
+
+def test_knows_every_model_option():
+    missing = {f.name for f in fields(GPTConfig)} - set(KNOWN_CONFIG)
+    assert not missing, (f"GPTConfig has new options {sorted(missing)}: make StaticDecoder._step "
+                         f"follow them (and add them to KNOWN_CONFIG)")
+
+
+def test_errors():
+    model = make()
+    dec = StaticDecoder(model, 2)
+    with pytest.raises(ValueError, match="built for 2 rows"):
+        dec.prefill(torch.zeros(1, 3, dtype=torch.long), num_samples=3)
+    with pytest.raises(ValueError, match="top_p"):
+        next(dec.decode(torch.zeros(2, 3, dtype=torch.long), 5, top_p=0.0))
+    dec.prefill(torch.zeros(2, BLOCK, dtype=torch.long))
+    with pytest.raises(ValueError, match="full"):
+        dec.step(torch.zeros(2, dtype=torch.long))
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
+            StaticDecoder(model, 1, cuda_graph=True)
+
+
+# --- CUDA graphs ----------------------------------------------------------------------------
+
+@cuda
+@pytest.mark.parametrize("name", CONFIGS)
+def test_cuda_graph_matches_cached_greedy_fp32(name):
+    model = make("cuda", **CONFIGS[name])
+    idx = torch.randint(0, 48, (2, 5), generator=torch.Generator().manual_seed(6)).cuda()
+    want_l, want_t = run(decode(model, idx, 3 * BLOCK, temperature=0, num_samples=3))
+    dec = StaticDecoder(model, 6)
+    assert dec.graph is not None
+    got_l, got_t = run(dec.decode(idx, 3 * BLOCK, temperature=0, num_samples=3))
+    assert torch.equal(got_t, want_t)
+    torch.testing.assert_close(got_l, want_l, rtol=1e-4, atol=1e-4)
+
+
+@cuda
+def test_cuda_graph_replay_equals_eager_static_step_bf16():
+    model = make("cuda", pos_emb="rope", n_head=4, n_kv_head=2).to(torch.bfloat16)
+    idx = torch.randint(0, 48, (1, 5), generator=torch.Generator().manual_seed(7)).cuda()
+    eager = run(StaticDecoder(model, 4, cuda_graph=False).decode(idx, 40, temperature=1.0, seed=1, num_samples=4))
+    graph = run(StaticDecoder(model, 4).decode(idx, 40, temperature=1.0, seed=1, num_samples=4))
+    assert torch.equal(graph[1], eager[1])
+    torch.testing.assert_close(graph[0], eager[0])
+
+
+@cuda
+def test_cuda_graph_with_compile_matches_cached():
+    model = make("cuda")
+    idx = torch.randint(0, 48, (1, 5), generator=torch.Generator().manual_seed(8)).cuda()
+    want = run(decode(model, idx, 2 * BLOCK, temperature=0))[1]
+    got = run(StaticDecoder(model, 1, compile=True).decode(idx, 2 * BLOCK, temperature=0))[1]
+    assert torch.equal(got, want)
