@@ -1,0 +1,283 @@
+"""Read what a trained model writes: load a checkpoint, stream its text to stdout.
+
+    python sample.py --out_dir=out                              # out/ckpt.pt, from a newline
+    python sample.py --out_dir=out --prompt="ROMEO:" --num_samples=3 --max_new_tokens=300
+    python sample.py --out_dir=out --temperature=0              # greedy: the same text every run
+
+Everything comes from the checkpoint: the model's shape, its weights and its tokenizer.
+Three ways to decode, one past-block_size policy (model/generate.py), the same tokens:
+  --use_cache=false   recompute the whole context for every token (nanoGPT's way, the reference)
+  --fast=false        the KV cache: only the new token runs through the model each step
+  --fast=auto         on CUDA, a static cache and a decode step replayed as a CUDA graph
+                      (model/fast_decode.py); elsewhere the same as --fast=false
+The samples go to stdout, one after another, each followed by a line of dashes; the figures
+(prompt length, tokens generated, tokens/s) go to stderr, so `> out.txt` keeps only the text.
+"""
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from configs import ConfigError, parse_config
+from data import DataError, tokenizer_from_dict
+from model.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from model.fast_decode import StaticDecoder
+from model.generate import decode
+
+SEPARATOR = "---------------"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class SampleConfig:
+    out_dir: str = "out"             # the training run's folder (train.py --out_dir)
+    ckpt: str = "ckpt.pt"            # checkpoint in out_dir: ckpt.pt (best val loss) or last.pt (latest)
+    prompt: str = ""                 # text to continue; empty = start from a newline
+    prompt_file: str | None = None   # read the prompt from this UTF-8 file instead
+    num_samples: int = 1             # continuations of the prompt, generated together as one batch
+    max_new_tokens: int = 500        # tokens per sample; more than block_size is fine
+    temperature: float = 0.8         # 0 = greedy (argmax); below 1 safer, above 1 wilder
+    top_k: int | None = 200          # sample among the k likeliest tokens only (none = all)
+    top_p: float | None = None       # nucleus: the likeliest tokens holding this much probability, in (0, 1]
+    seed: int = 1337                 # same seed, same settings: same text
+    device: str = "auto"             # auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bfloat16 on CUDA if supported, else float32
+    use_cache: bool = True           # false: recompute the whole context for every token (slow reference)
+    fast: Literal["auto", "true", "false"] = "auto"  # static cache + CUDA graph; auto = on CUDA only
+    compile: bool = False            # torch.compile the fast decode step (faster steps, slow start)
+    attention_html: str | None = None  # also write the attention page (issue 6) for the first sample here
+
+
+class SampleError(Exception):
+    """A setting or input the user can fix; the message says how."""
+
+
+# -----------------------------------------------------------------------------
+# settings
+
+def check_settings(cfg: SampleConfig):
+    """Nonsense values stop here, before anything is loaded."""
+    if cfg.max_new_tokens < 0:
+        raise SampleError(f"--max_new_tokens={cfg.max_new_tokens}: must be >= 0")
+    if cfg.num_samples < 1:
+        raise SampleError(f"--num_samples={cfg.num_samples}: must be >= 1")
+    if not cfg.temperature >= 0 or cfg.temperature == float("inf"):  # also catches nan
+        raise SampleError(f"--temperature={cfg.temperature}: must be a finite number >= 0 (0 = greedy)")
+    if cfg.top_k is not None and cfg.top_k < 1:
+        raise SampleError(f"--top_k={cfg.top_k}: must be >= 1, or none to sample from every token")
+    if cfg.top_p is not None and not 0.0 < cfg.top_p <= 1.0:
+        raise SampleError(f"--top_p={cfg.top_p}: must be in (0, 1], e.g. 0.9, or none to turn it off")
+    if cfg.prompt and cfg.prompt_file:
+        raise SampleError("give --prompt or --prompt_file, not both")
+    if cfg.compile and (not cfg.use_cache or cfg.fast == "false"):
+        raise SampleError("--compile compiles the fast cached decode step; it does nothing with "
+                          "--use_cache=false or --fast=false: drop one of them")
+    if cfg.attention_html is not None and Path(cfg.attention_html).is_dir():
+        raise SampleError(f"--attention_html={cfg.attention_html} is a folder; give a file path, "
+                          f"e.g. {Path(cfg.attention_html) / 'attention.html'}")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SampleError(f"--device={name}: not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SampleError(f"--device={name}, but this machine has no CUDA GPU (or this torch has no "
+                          f"CUDA support); use --device=cpu or --device=auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise SampleError(f"--device={name}, but there are only {torch.cuda.device_count()} CUDA devices")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise SampleError(f"--device={name}, but MPS is not available here; use --device=cpu or auto")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise SampleError(f"--device={name}: use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return DTYPES[name]
+
+
+# -----------------------------------------------------------------------------
+# loading
+
+def load(cfg: SampleConfig, device, dtype):
+    """The model and tokenizer stored in the checkpoint, and nothing else."""
+    out_dir = Path(cfg.out_dir)
+    if not out_dir.is_dir():
+        raise SampleError(f"--out_dir={cfg.out_dir} does not exist: train first "
+                          f"(python train.py --out_dir={cfg.out_dir}) or point at a training run's folder")
+    path = out_dir / cfg.ckpt
+    if not path.is_file():
+        found = sorted(p.name for p in out_dir.glob("*.pt"))
+        hint = f"it has {', '.join(found)}: pick one with --ckpt=NAME" if found else \
+            "it has no checkpoints yet: train first, or wait for the first evaluation to save one"
+        raise SampleError(f"no checkpoint {cfg.ckpt} in {out_dir}; {hint}")
+    ckpt = load_checkpoint(path)  # weights_only: opening it cannot run code
+    if "tokenizer" not in ckpt:
+        raise SampleError(f"{path} has no tokenizer stored in it, so its tokens cannot be turned "
+                          f"into text; sample from a checkpoint written by train.py")
+    tokenizer = tokenizer_from_dict(ckpt["tokenizer"])
+    model = model_from_checkpoint(ckpt, device)
+    # inference only: cast the weights themselves (no autocast), so k and v, and the cache
+    # that stores them, are computed in this dtype
+    model = model.to(dtype).eval()
+    return model, tokenizer
+
+
+def read_prompt(cfg: SampleConfig, tokenizer) -> tuple[str, list[int]]:
+    """(text to echo, token ids). An empty prompt starts from a newline, as nanoGPT does."""
+    text = cfg.prompt
+    if cfg.prompt_file is not None:
+        try:
+            text = Path(cfg.prompt_file).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise SampleError(f"--prompt_file={cfg.prompt_file} does not exist") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise SampleError(f"--prompt_file={cfg.prompt_file} cannot be read as UTF-8 text: {e}") from None
+    if text:
+        try:
+            return text, tokenizer.encode(text)
+        except DataError as e:
+            raise SampleError(f"the prompt cannot be encoded: {e}") from None
+    # no prompt: the model needs one token to start from; a newline is the natural start of a
+    # text, and any tokenizer without one (a char vocabulary lacking it) starts from token 0
+    try:
+        return "", tokenizer.encode("\n")
+    except DataError:
+        return "", [0]
+
+
+# -----------------------------------------------------------------------------
+# streaming
+
+class Stream:
+    """Writes one sample's tokens as text as they arrive. A byte-level BPE may split one
+    character over several tokens; such an unfinished tail (U+FFFD) waits for the next tokens."""
+
+    def __init__(self, tokenizer, out):
+        self.tokenizer, self.out, self.pending = tokenizer, out, []
+
+    def write(self, ids: list[int], final: bool = False):
+        self.pending += ids
+        text = self.tokenizer.decode(self.pending) if self.pending else ""
+        if text.endswith("\ufffd") and len(self.pending) < 8 and not final:
+            return  # an unfinished UTF-8 character (at most 4 bytes): wait for the rest
+        self.out.write(text)
+        self.out.flush()
+        self.pending = []
+
+
+def decode_steps(cfg, model, idx, device, generator):
+    """(generator of (logits, token) steps, path name, setup seconds)."""
+    kw = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+              generator=generator, num_samples=cfg.num_samples)
+    if not cfg.use_cache:
+        return decode(model, idx, cfg.max_new_tokens, use_cache=False, **kw), "uncached", 0.0
+    fast = cfg.fast == "true" or cfg.compile or (cfg.fast == "auto" and device.type == "cuda")
+    if not fast:
+        return decode(model, idx, cfg.max_new_tokens, use_cache=True, **kw), "KV cache", 0.0
+    t0 = time.perf_counter()
+    dec = StaticDecoder(model, idx.size(0) * cfg.num_samples, compile=cfg.compile)
+    name = "static cache" + (" + CUDA graph" if dec.graph is not None else " (eager, no CUDA graph)") + \
+        (" + torch.compile" if cfg.compile else "")
+    return dec.decode(idx, cfg.max_new_tokens, **kw), name, time.perf_counter() - t0
+
+
+def sample(cfg: SampleConfig, out=None, err=None) -> list[list[int]]:
+    """Generate and print (to stdout and stderr by default); returns each sample's new token ids."""
+    out, err = out or sys.stdout, err or sys.stderr
+    check_settings(cfg)
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(cfg.dtype, device)
+    page = None
+    if cfg.attention_html is not None:  # fail now, not after the samples are generated
+        try:
+            from model import attention_page as page
+        except ImportError:
+            raise SampleError("--attention_html needs model/attention_page.py (issue 6), which this "
+                              "checkout does not have yet; drop the flag") from None
+    model, tokenizer = load(cfg, device, dtype)
+    prompt_text, prompt_ids = read_prompt(cfg, tokenizer)
+    bs = model.config.block_size
+    idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)           # (1, T)
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    steps, path, setup_s = decode_steps(cfg, model, idx, device, generator)
+
+    # stream sample 0 as it is generated; the others are written when the batch is done. On a
+    # GPU, reading a token back waits for the GPU, so tokens come back in small groups there.
+    every = 1 if device.type == "cpu" else 8
+    first = Stream(tokenizer, out)
+    out.write(prompt_text)
+    out.flush()
+    new, shown = [], 0
+    t0 = time.perf_counter()
+    for _, nxt in steps:
+        new.append(nxt)                                                          # (N,) each
+        if len(new) - shown >= every:
+            first.write(torch.stack(new[shown:], dim=1)[0].tolist())
+            shown = len(new)
+    rows = torch.stack(new, dim=1).tolist() if new else [[] for _ in range(cfg.num_samples)]
+    elapsed = time.perf_counter() - t0                                           # .tolist() waited
+    first.write(rows[0][shown:], final=True)
+    out.write("\n" + SEPARATOR + "\n")
+    for row in rows[1:]:
+        out.write(prompt_text + tokenizer.decode(row) + "\n" + SEPARATOR + "\n")
+    out.flush()
+
+    n = cfg.num_samples * cfg.max_new_tokens
+    cut = f" (longer than block_size {bs}: the model sees its last {bs})" if len(prompt_ids) > bs else ""
+    print(f"prompt: {len(prompt_ids)} tokens{cut}", file=err)
+    print(f"generated: {cfg.num_samples} x {cfg.max_new_tokens} = {n} tokens in {elapsed:.2f} s, "
+          f"{n / max(elapsed, 1e-9):,.0f} tokens/s", file=err)
+    setup = f", setup {setup_s:.2f} s" if setup_s else ""
+    print(f"decode: {path} on {device}, {str(dtype).removeprefix('torch.')}{setup}", file=err)
+
+    if page is not None:
+        metrics = Path(cfg.out_dir) / "metrics.jsonl"
+        try:
+            page.write_attention_page(cfg.attention_html, model, tokenizer, prompt_ids + rows[0],
+                                      metrics_path=metrics if metrics.is_file() else None,
+                                      prompt_len=len(prompt_ids))
+        except page.AttentionPageError as e:
+            raise SampleError(f"--attention_html: {e} (the samples above are complete)") from None
+        print(f"attention page: {cfg.attention_html}", file=err)
+    return rows
+
+
+def main(argv=None) -> int:
+    try:
+        cfg = parse_config(SampleConfig, sys.argv[1:] if argv is None else argv, prog="sample.py",
+                           description=__doc__.split("\n\n")[0])
+        sample(cfg)
+    except (ConfigError, SampleError, CheckpointError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `python sample.py | head`: the reader has what it wanted
+        # point stdout at /dev/null so Python's final flush does not fail a second time
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

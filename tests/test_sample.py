@@ -1,0 +1,304 @@
+"""sample.py end to end, on a tiny char-level checkpoint trained here (no train.py, no network).
+
+Most tests call sample.main(argv) in-process (fast); two run the real command line."""
+
+import os
+import subprocess
+import sys
+import types
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+
+import sample as sample_mod
+from data import BPETokenizer, CharTokenizer
+from model import GPT, GPTConfig
+from model.checkpoint import save_checkpoint
+
+REPO = Path(__file__).resolve().parent.parent
+TEXT = ("The cat sat upon the warm grey stone,\nand watched the river run alone.\n"
+        "The wind came down the hill at noon,\nand sang the cat a quiet tune.\n") * 4
+BLOCK = 16
+
+
+def save(path, model, tokenizer):
+    save_checkpoint(path, {"model": model.state_dict(), "model_config": asdict(model.config),
+                           "tokenizer": tokenizer.to_dict(), "config": {}, "iter_num": 0,
+                           "best_val_loss": 0.0})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on a shared machine run ~5x faster on one thread than fighting over two."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """out_dir with ckpt.pt: a 2-layer char model after 60 AdamW steps on TEXT, so its greedy
+    choices are clear-cut rather than near-ties of random weights."""
+    tok = CharTokenizer.train(TEXT)
+    data = torch.tensor(tok.encode(TEXT))
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=BLOCK, n_layer=2, n_head=2, n_embd=32))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        ix = torch.randint(len(data) - BLOCK - 1, (16,), generator=g)
+        x = torch.stack([data[i:i + BLOCK] for i in ix])
+        y = torch.stack([data[i + 1:i + BLOCK + 1] for i in ix])
+        _, loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    d = tmp_path_factory.mktemp("run")
+    save(d / "ckpt.pt", model, tok)
+    return d
+
+
+@pytest.fixture
+def run(run_dir, capsys):
+    """run(*args) -> (exit code, stdout, stderr) of `python sample.py --out_dir=run_dir *args`."""
+    def go(*args, out_dir=run_dir):
+        rc = sample_mod.main([f"--out_dir={out_dir}", "--device=cpu", *args])
+        out, err = capsys.readouterr()
+        return rc, out, err
+    return go
+
+
+def samples(out):
+    """stdout -> the samples, without their separator lines."""
+    parts = out.split("\n" + sample_mod.SEPARATOR + "\n")
+    assert parts[-1] == "", "every sample ends with a separator line"
+    return parts[:-1]
+
+
+# --- the three decode paths agree -------------------------------------------------------------
+
+def test_greedy_cached_equals_uncached_past_block_size(run):
+    # 40 new tokens from a 4-token prompt: the window (16) fills and is cut twice
+    args = ["--prompt=The ", "--temperature=0", "--max_new_tokens=40"]
+    outs = {}
+    for path in ("--use_cache=false", "--fast=false", "--fast=true"):
+        rc, out, err = run(*args, path)
+        assert rc == 0, err
+        outs[path] = out
+    (text,) = samples(outs["--use_cache=false"])
+    assert text.startswith("The ") and len(text) == 4 + 40   # char-level: one token per character
+    assert outs["--fast=false"] == outs["--use_cache=false"]
+    assert outs["--fast=true"] == outs["--use_cache=false"]
+
+
+def test_paths_are_named_on_stderr(run):
+    for flag, name in [("--use_cache=false", "uncached"), ("--fast=false", "KV cache"),
+                       ("--fast=true", "static cache")]:
+        rc, _, err = run("--max_new_tokens=3", flag)
+        assert rc == 0 and f"decode: {name}" in err
+
+
+def test_seed_reproducible(run):
+    args = ["--prompt=The", "--temperature=1.0", "--max_new_tokens=30"]
+    a, b, c = run(*args, "--seed=1")[1], run(*args, "--seed=1")[1], run(*args, "--seed=2")[1]
+    assert a == b
+    assert a != c
+
+
+def test_sampling_matches_across_paths_with_a_seed(run):
+    args = ["--prompt=The", "--temperature=1.0", "--top_k=5", "--top_p=0.9", "--max_new_tokens=30"]
+    assert run(*args, "--fast=false")[1] == run(*args, "--use_cache=false")[1] == run(*args, "--fast=true")[1]
+
+
+# --- what the user sees -------------------------------------------------------------------------
+
+def test_streams_before_generation_ends(run_dir, monkeypatch):
+    """Text reaches stdout while tokens are still being generated: each write is tagged with the
+    number of decode steps taken so far, and the first sample's text arrives over many steps."""
+    steps = [0]
+    real_decode = sample_mod.decode
+
+    def counting_decode(*args, **kwargs):
+        for item in real_decode(*args, **kwargs):
+            steps[0] += 1
+            yield item
+
+    class Recorder:
+        def __init__(self):
+            self.writes = []
+
+        def write(self, s):
+            self.writes.append((steps[0], s))
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sample_mod, "decode", counting_decode)
+    out = Recorder()
+    cfg = sample_mod.SampleConfig(out_dir=str(run_dir), device="cpu", fast="false",
+                                  prompt="The", max_new_tokens=20)
+    rows = sample_mod.sample(cfg, out=out, err=Recorder())
+    during = [s for n, s in out.writes if 0 < n < 20 and s]
+    assert len(during) >= 10, out.writes          # one write per token on CPU
+    text = "".join(s for _, s in out.writes)
+    assert text == "The" + CharTokenizer.train(TEXT).decode(rows[0]) + "\n" + sample_mod.SEPARATOR + "\n"
+
+
+def test_stderr_reports_prompt_length_tokens_and_speed(run):
+    rc, out, err = run("--prompt=The cat", "--max_new_tokens=12", "--num_samples=2")
+    assert rc == 0
+    assert "prompt: 7 tokens" in err
+    assert "generated: 2 x 12 = 24 tokens" in err and "tokens/s" in err
+    assert "tokens/s" not in out
+
+
+def test_num_samples_one_batch_separated(run):
+    rc, out, err = run("--prompt=The", "--temperature=1.0", "--max_new_tokens=25", "--num_samples=3")
+    assert rc == 0, err
+    texts = samples(out)
+    assert len(texts) == 3
+    assert all(t.startswith("The") and len(t) == 3 + 25 for t in texts)
+    assert len(set(texts)) > 1                     # independent samples, not copies
+    # greedy: every sample continues the shared prefill identically, and equals a single sample
+    greedy = ["--prompt=The", "--temperature=0", "--max_new_tokens=25"]
+    for flag in ("--fast=false", "--fast=true", "--use_cache=false"):
+        many = samples(run(*greedy, "--num_samples=3", flag)[1])
+        assert many == samples(run(*greedy, flag)[1]) * 3
+
+
+def test_long_generation_and_long_prompt(run):
+    # 3x block_size new tokens, and a prompt longer than the window (cut to its last 16 tokens)
+    prompt = "and watched the river run alone. The cat"
+    for flag in ("--fast=false", "--fast=true"):
+        rc, out, err = run(f"--prompt={prompt}", "--temperature=0", "--max_new_tokens=48", flag)
+        assert rc == 0, err
+        assert len(samples(out)[0]) == len(prompt) + 48
+        assert f"prompt: {len(prompt)} tokens (longer than block_size {BLOCK}" in err
+    assert run(f"--prompt={prompt}", "--temperature=0", "--max_new_tokens=48", "--use_cache=false")[1] == out
+
+
+def test_empty_prompt_starts_from_a_newline(run):
+    rc, out, err = run("--max_new_tokens=10")
+    assert rc == 0, err
+    assert "prompt: 1 tokens" in err and len(samples(out)[0]) == 10
+
+
+def test_prompt_file(run, tmp_path):
+    f = tmp_path / "p.txt"
+    f.write_text("The cat", encoding="utf-8")
+    a = run(f"--prompt_file={f}", "--temperature=0", "--max_new_tokens=8")[1]
+    assert a == run("--prompt=The cat", "--temperature=0", "--max_new_tokens=8")[1]
+
+
+def test_zero_new_tokens_prints_the_prompt(run):
+    rc, out, err = run("--prompt=The", "--max_new_tokens=0")
+    assert rc == 0 and samples(out) == ["The"]
+
+
+def test_last_pt_and_bpe_checkpoint(run, run_dir, tmp_path):
+    # a byte-level BPE checkpoint (random weights): any text encodes, output decodes back
+    tok = BPETokenizer.train(TEXT + "café naïve €uro\n", 300)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=BLOCK, n_layer=1, n_head=2, n_embd=16))
+    save(tmp_path / "last.pt", model, tok)
+    rc, out, err = run("--ckpt=last.pt", "--prompt=Zoë €", "--max_new_tokens=20", "--num_samples=2",
+                       out_dir=tmp_path)
+    assert rc == 0, err
+    texts = samples(out)
+    assert len(texts) == 2 and all(t.startswith("Zoë €") for t in texts)
+    assert "generated: 2 x 20 = 40 tokens" in err
+
+
+def test_attention_page_is_wired(run, run_dir, tmp_path, monkeypatch):
+    """--attention_html hands the first sample (prompt + new tokens) to the page writer."""
+    calls = []
+    fake = types.ModuleType("model.attention_page")
+    fake.AttentionPageError = type("AttentionPageError", (Exception,), {})
+    fake.write_attention_page = lambda path, model, tok, tokens, **kw: calls.append((path, tokens, kw))
+    monkeypatch.setitem(sys.modules, "model.attention_page", fake)
+    monkeypatch.setattr("model.attention_page", fake, raising=False)
+    (run_dir / "metrics.jsonl").write_text('{"kind": "train", "iter": 0, "loss": 3.0}\n')
+    try:
+        rc, out, err = run("--prompt=The", "--temperature=0", "--max_new_tokens=6", "--num_samples=2",
+                           f"--attention_html={tmp_path / 'a.html'}")
+    finally:
+        (run_dir / "metrics.jsonl").unlink()
+    assert rc == 0, err
+    (path, tokens, kw), = calls
+    tok = CharTokenizer.train(TEXT)
+    assert path == str(tmp_path / "a.html") and tok.decode(tokens) == samples(out)[0]
+    assert kw["metrics_path"] == run_dir / "metrics.jsonl" and kw["prompt_len"] == 3
+
+
+def test_attention_page_missing_module_fails_before_generating(run, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "model.attention_page", None)  # import now raises ImportError
+    monkeypatch.delattr("model.attention_page", raising=False)
+    rc, out, err = run("--max_new_tokens=5", f"--attention_html={tmp_path / 'a.html'}")
+    assert rc == 1 and out == "" and "attention_page.py" in err
+
+
+# --- bad input: one clear line, exit 1 ----------------------------------------------------------
+
+BAD = [
+    (["--max_new_tokens=-1"], "--max_new_tokens=-1: must be >= 0"),
+    (["--top_p=0"], "--top_p=0.0: must be in (0, 1]"),
+    (["--top_p=1.5"], "--top_p=1.5: must be in (0, 1]"),
+    (["--top_k=0"], "--top_k=0: must be >= 1"),
+    (["--temperature=-1"], "--temperature=-1.0: must be"),
+    (["--temperature=nan"], "--temperature=nan: must be"),
+    (["--num_samples=0"], "--num_samples=0: must be >= 1"),
+    (["--max_new_tokens=ten"], "--max_new_tokens must be an int"),
+    (["--temprature=0.5"], "did you mean temperature"),
+    (["--prompt=Zoo €"], "not in the vocabulary: 'Z', '€'"),
+    (["--prompt=a", "--prompt_file=p.txt"], "not both"),
+    (["--prompt_file=/no/such/prompt.txt"], "does not exist"),
+    (["--ckpt=last.pt"], "no checkpoint last.pt in"),
+    (["--use_cache=false", "--compile"], "--compile compiles the fast"),
+    (["--device=tpu"], "--device=tpu"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_one_clear_message(run, args, message):
+    rc, out, err = run(*args)
+    assert rc == 1 and out == ""
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err, err
+
+
+def test_missing_out_dir(run, tmp_path):
+    rc, out, err = run(out_dir=tmp_path / "nope")
+    assert rc == 1 and "does not exist: train first" in err and err.count("\n") == 1
+
+
+def test_checkpoint_list_and_corrupt_checkpoint(run, run_dir, tmp_path):
+    rc, _, err = run("--ckpt=last.pt")
+    assert "it has ckpt.pt" in err
+    (tmp_path / "ckpt.pt").write_bytes(b"not a checkpoint")
+    rc, out, err = run(out_dir=tmp_path)
+    assert rc == 1 and "not a readable checkpoint" in err and err.count("\n") == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_a_gpu(run_dir, capsys):
+    rc = sample_mod.main([f"--out_dir={run_dir}", "--device=cuda"])
+    assert rc == 1 and "no CUDA GPU" in capsys.readouterr().err
+
+
+# --- the real command line ----------------------------------------------------------------------
+
+def cli(*args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(REPO / "sample.py"), *args], capture_output=True,
+                          text=True, cwd=REPO, env=env, timeout=120)
+
+
+def test_command_line(run_dir):
+    p = cli(f"--out_dir={run_dir}", "--device=cpu", "--prompt=The", "--temperature=0", "--max_new_tokens=10")
+    assert p.returncode == 0, p.stderr
+    assert samples(p.stdout)[0].startswith("The") and "tokens/s" in p.stderr
+    p = cli(f"--out_dir={run_dir}", "--top_p=2")
+    assert p.returncode == 1 and p.stderr.startswith("error: --top_p=2.0") and "Traceback" not in p.stderr
