@@ -280,10 +280,13 @@ select { font: inherit; padding: 2px 6px; margin-left: 6px; }
 .hint { color: #666; font-size: 13px; }
 #tokens { display: flex; flex-wrap: wrap; gap: 4px 1px; align-items: flex-start;
           font: 16px/1.25 ui-monospace, "SF Mono", Menlo, Consolas, "DejaVu Sans Mono", monospace; }
-.tok { display: inline-flex; flex-direction: column; align-items: center; min-width: 14px;
+.tok { display: inline-flex; flex-direction: column; align-items: center; min-width: 20px;
        padding: 2px 1px 0; border-radius: 4px; border: 1px solid transparent; cursor: pointer; }
 .tok .t { white-space: pre; padding: 0 1px; }
-.tok .w { font: 10px/12px system-ui, sans-serif; color: #5a3b00; height: 12px; }
+/* a fixed-size label: a box never changes width when its weight changes, so nothing moves
+   under the mouse (hover would otherwise jump from token to token) */
+.tok .w { font: 10px/12px system-ui, sans-serif; color: #5a3b00; height: 12px; width: 20px;
+          text-align: center; overflow: hidden; }
 .tok .ws { color: #b0b0b0; }
 .tok.prompt .t { text-decoration: underline 2px #8fb3e0; text-underline-offset: 3px; }
 .tok.sel { border-color: #1565d8; box-shadow: 0 0 0 1px #1565d8; }
