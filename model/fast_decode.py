@@ -67,7 +67,13 @@ class StaticDecoder:
             raise ValueError(f"CUDA graphs need a CUDA device; the model is on {self.device}")
         self.graph = None
         if cuda_graph:
-            self._capture()
+            # record in eval mode: a graph captured with dropout on would replay it forever
+            was_training = model.training
+            model.eval()
+            try:
+                self._capture()
+            finally:
+                model.train(was_training)
 
     @staticmethod
     def _fuse(attn):

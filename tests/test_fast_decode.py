@@ -32,6 +32,18 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(autouse=True)
+def full_fp32_matmuls():
+    """fp32 means fp32 here, whatever another test set: TF32 matmuls would blur the comparison."""
+    if not torch.cuda.is_available():
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def make(device="cpu", **kw):
     """A small random model whose weights are scaled up, so its logits are peaked: greedy
     choices are then clear-cut, not near-ties that rounding could flip."""
