@@ -12,6 +12,8 @@ shapes and fixed addresses:
     k and v are written at it with index_copy_, and the step adds 1 to it itself;
   - attention always runs over all max_len cached keys, with a mask (key index <= pos) built
     from that tensor, so keys not written yet (or left over from an earlier window) get weight 0;
+    the step reuses the model's own norms, MLP, output projection and head, and writes out only
+    the attention core (fused q|k|v matmul, qk-norm, rope, cache write, masked SDPA);
   - the input token and the output logits live in static buffers; the caller copies the token
     in before a replay and must clone the logits if it keeps them past the next replay.
 The host knows how many positions are filled (it counts the steps), so it never reads `pos`
@@ -57,6 +59,7 @@ class StaticDecoder:
         self.tok = torch.zeros(batch_size, 1, dtype=torch.long, device=self.device)
         self.logits = torch.zeros(batch_size, cfg.vocab_size, device=self.device, dtype=self.dtype)
         self.key_idx = torch.arange(self.max_len, device=self.device)             # (max_len,)
+        self.neg_inf = torch.full((self.max_len,), float("-inf"), device=self.device, dtype=self.dtype)
         self.filled = 0  # host-side count of positions holding real data (== pos, never read back)
         with torch.no_grad():
             self.qkv = [self._fuse(b.attn) for b in model.blocks]
@@ -103,7 +106,9 @@ class StaticDecoder:
         if m.wpe is not None:
             x = x + m.wpe(self.pos)                                        # (1, C) broadcast
         x = m.ln_e(x)                                                      # Identity unless embed_norm
-        visible = (self.key_idx <= self.pos).view(1, 1, 1, self.max_len)  # keys written so far
+        # additive mask over all max_len slots: 0 for keys written so far (index <= pos), -inf
+        # for the rest; built once per step, in the compute dtype, so no layer has to convert it
+        visible = self.neg_inf.masked_fill(self.key_idx <= self.pos, 0.0).view(1, 1, 1, self.max_len)
         for i, block in enumerate(m.blocks):
             h = block.ln_1(x)
             q, k, v = F.linear(h, *self.qkv[i]).split([nh * hs, nkv * hs, nkv * hs], dim=-1)
