@@ -1,0 +1,320 @@
+"""train.py: configs and their errors, a tiny run end to end, exact resume, Ctrl-C / SIGTERM,
+a diverging loss, bad checkpoints, wandb offline, and DDP with two CPU processes (gloo)."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from configs import available_configs, build, load_config_file
+from model.checkpoint import load_checkpoint, model_from_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy machine OpenMP threads waiting for
+    each other can make a step 10x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A small made-up text (60k characters) and a folder for its prepared form."""
+    d = tmp_path_factory.mktemp("corpus")
+    rng = random.Random(0)
+    words = "the king queen lord shall thou art love death night day sweet fair my good".split()
+    text = "\n\n".join(" ".join(rng.choice(words) for _ in range(40)) for _ in range(300))
+    (d / "tiny.txt").write_text(text)
+    return d
+
+
+def tiny(corpus, out_dir, *extra):
+    """argv for a ~30k-parameter model that steps in milliseconds."""
+    return [f"--dataset={corpus / 'tiny.txt'}", f"--data_root={corpus / 'prepared'}",
+            f"--out_dir={out_dir}", "--device=cpu", "--n_layer=2", "--n_head=2", "--n_embd=32",
+            "--block_size=32", "--batch_size=4", "--eval_interval=4", "--eval_iters=3",
+            "--log_interval=1", "--max_iters=8", "--lr_decay_iters=8", "--warmup_iters=2", *extra]
+
+
+def records(out_dir, kind):
+    lines = (Path(out_dir) / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def losses(out_dir):
+    return [(r["iter"], r["loss"]) for r in records(out_dir, "train")]
+
+
+# -----------------------------------------------------------------------------
+# configuration
+
+def test_shipped_configs_build():
+    assert {"shakespeare_char", "cpu", "cpu_tinyshakespeare", "shakespeare", "shakespeare_bpe"} <= \
+        set(available_configs())
+    for name in available_configs():
+        build(train.TrainConfig, load_config_file(train.TrainConfig, name))
+    # the nanoGPT baseline, same settings so results compare
+    c = build(train.TrainConfig, load_config_file(train.TrainConfig, "shakespeare_char"))
+    assert (c.n_layer, c.n_head, c.n_embd, c.block_size, c.batch_size, c.dropout) == (6, 6, 384, 256, 64, 0.2)
+    assert (c.learning_rate, c.warmup_iters, c.min_lr, c.lr_decay_iters, c.max_iters, c.beta2) == \
+        (1e-3, 100, 1e-4, 5000, 5000, 0.99)
+    assert c.dataset == "tinyshakespeare" and c.tokenizer == "char"
+    # the GPU default spelled out: configs/shakespeare.toml is exactly the dataclass defaults
+    assert build(train.TrainConfig, load_config_file(train.TrainConfig, "shakespeare")) == train.TrainConfig()
+
+
+def test_no_arguments_picks_a_config_for_the_machine(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg, ckpt, origin = train.load_settings([])
+    assert ckpt is None and "configs/cpu.toml" in origin
+    assert cfg == build(train.TrainConfig, load_config_file(train.TrainConfig, "cpu"))
+    cfg, _, _ = train.load_settings(["--n_layer=2"])  # the command line still wins
+    assert cfg.n_layer == 2 and cfg.max_iters == cfg.lr_decay_iters
+    cfg, _, origin = train.load_settings(["shakespeare_char"])  # a named config is taken as is
+    assert cfg.n_layer == 6 and "shakespeare_char" in origin
+
+
+def test_help_lists_every_key(capsys):
+    with pytest.raises(SystemExit) as e:
+        train.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for key in ["out_dir", "dataset", "tokenizer", "device", "dtype", "compile", "seed", "batch_size",
+                "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "dropout", "learning_rate",
+                "max_iters", "warmup_iters", "lr_decay_iters", "min_lr", "weight_decay", "beta1", "beta2",
+                "grad_clip", "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval",
+                "init_from", "wandb_log", "wandb_project", "wandb_run_name"]:
+        assert f"--{key}=" in out, key
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--learnig_rate=1e-3"], ["unknown key 'learnig_rate'", "did you mean learning_rate"]),
+    (["--batch_size=big"], ["--batch_size must be an int"]),
+    (["--device=gpu"], ["device must be one of auto|cuda|cpu|mps"]),
+    (["--eval_interval=0"], ["eval_interval must be at least 1"]),
+    (["--n_embd=30", "--n_head=4"], ["n_embd (30) must be divisible by n_head (4)"]),
+    (["--device=cpu", "--dtype=float16"], ["float16 needs CUDA"]),
+    (["--dataset=/nonexistent/text.txt"], ["/nonexistent/text.txt"]),
+])
+def test_config_mistakes_exit_1_with_one_clear_line(corpus, tmp_path, capsys, argv, words):
+    argv = tiny(corpus, tmp_path / "out") + argv
+    assert train.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    line = next(line for line in err.splitlines() if line.startswith("error: "))
+    for w in words:
+        assert w in line
+
+
+def test_device_cuda_without_a_gpu(monkeypatch, corpus, tmp_path, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert train.main(tiny(corpus, tmp_path / "out", "--device=cuda")) == 1
+    assert "device=cuda but PyTorch sees no CUDA GPU" in capsys.readouterr().err
+
+
+def test_lr_schedule():
+    c = train.TrainConfig(learning_rate=1.0, min_lr=0.1, warmup_iters=10, lr_decay_iters=110)
+    lrs = [train.get_lr(i, c) for i in range(130)]
+    assert lrs[0] == pytest.approx(1 / 11) and lrs[9] == pytest.approx(10 / 11)   # warmup
+    assert lrs[10] == pytest.approx(1.0) and lrs[60] == pytest.approx(0.55)       # cosine
+    assert lrs[110] == pytest.approx(0.1) and lrs[129] == 0.1                      # floor
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert train.get_lr(50, train.TrainConfig(decay_lr=False, learning_rate=0.3)) == 0.3
+
+
+def test_weight_decay_only_on_matrices():
+    from model import GPT, GPTConfig
+    m = GPT(GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=8, bias=True))
+    opt = train.make_optimizer(m, train.TrainConfig(weight_decay=0.1), "cpu")
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(m.parameters()))
+
+
+# -----------------------------------------------------------------------------
+# a run, its files, and resuming it
+
+def test_tiny_run_end_to_end(corpus, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert train.main(tiny(corpus, out)) == 0
+    text = capsys.readouterr().out
+    assert "device: cpu" in text and "done: 8 iterations" in text
+    assert sorted(p.name for p in out.iterdir()) == ["ckpt.pt", "last.pt", "metrics.jsonl"]
+    assert [r["iter"] for r in records(out, "train")] == list(range(8))
+    assert [r["iter"] for r in records(out, "eval")] == [0, 4, 8]
+    for r in records(out, "train"):
+        assert set(r) == {"kind", "iter", "loss", "lr", "tok_per_s", "mfu"} and r["tok_per_s"] > 0
+    last = load_checkpoint(out / "last.pt")  # weights_only=True
+    for key in ["model", "model_config", "tokenizer", "config", "iter_num", "best_val_loss",
+                "optimizer", "scaler", "rng", "format_version"]:
+        assert key in last, key
+    assert last["iter_num"] == 8 and last["config"]["n_layer"] == 2
+    assert not any(k.startswith(("_orig_mod.", "module.")) for k in last["model"])
+    best = min(r["val_loss"] for r in records(out, "eval")[1:])
+    assert load_checkpoint(out / "ckpt.pt")["best_val_loss"] == pytest.approx(best)
+    model = model_from_checkpoint(last)  # what sample.py does
+    assert model(torch.zeros(1, 4, dtype=torch.long))[0].shape == (1, 4, last["model_config"]["vocab_size"])
+    # a second run into the same out_dir must not overwrite it
+    assert train.main(tiny(corpus, out)) == 1
+    assert "already holds a run" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def straight(corpus, tmp_path_factory):
+    """8 iterations in one go, with dropout and two micro-steps: the reference run."""
+    out = tmp_path_factory.mktemp("straight") / "out"
+    assert train.main(tiny(corpus, out, "--dropout=0.1", "--gradient_accumulation_steps=2")) == 0
+    return out
+
+
+def test_resume_continues_exactly(corpus, straight, tmp_path):
+    out = tmp_path / "out"
+    args = tiny(corpus, out, "--dropout=0.1", "--gradient_accumulation_steps=2")
+    assert train.main(args + ["--max_iters=3"]) == 0     # stops at 3, mid-way between evals
+    assert train.main(args + ["--init_from=resume"]) == 0
+    assert losses(out) == losses(straight)               # bit for bit
+    assert records(out, "eval")[-1] == records(straight, "eval")[-1]
+    # and the resumed run's config came from the checkpoint: nothing else needs repeating
+    assert train.main([f"--out_dir={out}", "--init_from=resume", "--max_iters=9"]) == 0
+    assert load_checkpoint(out / "last.pt")["iter_num"] == 9
+
+
+def test_resume_errors(corpus, straight, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert train.main([f"--out_dir={out}", "--init_from=resume"]) == 1
+    assert "nothing to resume" in capsys.readouterr().err
+    out.mkdir()
+    (out / "last.pt").write_bytes((straight / "last.pt").read_bytes()[:1000])  # truncated
+    assert train.main([f"--out_dir={out}", "--init_from=resume"]) == 1
+    assert "is not a readable checkpoint" in capsys.readouterr().err
+    (out / "last.pt").write_bytes((straight / "last.pt").read_bytes())
+    assert train.main([f"--out_dir={out}", "--init_from=resume", "--n_layer=3"]) == 1
+    err = capsys.readouterr().err
+    assert "trained with n_layer=2, but n_layer=3 was asked for" in err and "Traceback" not in err
+    ckpt = load_checkpoint(straight / "last.pt")
+    torch.save({k: ckpt[k] for k in ("format_version", "model", "model_config", "tokenizer")}, out / "last.pt")
+    assert train.main([f"--out_dir={out}", "--init_from=resume"]) == 1
+    assert "no training state" in capsys.readouterr().err
+
+
+def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(corpus, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert train.main(tiny(corpus, out, "--max_iters=4")) == 0
+    good = (out / "last.pt").read_bytes()
+    capsys.readouterr()
+    assert train.main(tiny(corpus, out, "--init_from=resume", "--learning_rate=1e30",
+                           "--grad_clip=0")) == 1
+    err = capsys.readouterr().err
+    assert "training diverged" in err and "at iteration 5" in err and "Traceback" not in err
+    assert (out / "last.pt").read_bytes() == good
+    assert records(out, "train")[-1]["iter"] == 4  # the bad step was not logged either
+
+
+def logged_steps(out_dir) -> int:
+    metrics = Path(out_dir) / "metrics.jsonl"
+    return metrics.read_text().count('"train"') if metrics.exists() else 0
+
+
+def test_sigterm_saves_last_pt_and_resume_matches(corpus, straight, tmp_path):
+    """A real process, a real SIGTERM mid-run; then resume to the end: same losses as straight."""
+    out = tmp_path / "out"
+    args = tiny(corpus, out, "--dropout=0.1", "--gradient_accumulation_steps=2")
+    endless = [a for a in args if not a.startswith("--max_iters")] + ["--max_iters=100000"]
+    p = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *endless], cwd=ROOT,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while logged_steps(out) < 2:
+        assert p.poll() is None, p.communicate()
+        assert time.time() < deadline, "no training steps logged within 60 s"
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    stdout, stderr = p.communicate(timeout=60)
+    assert p.returncode == 128 + signal.SIGTERM, stderr
+    assert "Traceback" not in stderr and f"saved {out / 'last.pt'}" in stdout
+    assert load_checkpoint(out / "last.pt")["iter_num"] >= 2
+    assert train.main(args + ["--init_from=resume"]) == 0
+    assert losses(out) == losses(straight)
+
+
+def test_ctrl_c_saves_last_pt(corpus, straight, tmp_path, capsys):
+    """Ctrl-C (SIGINT to this process, from a watcher thread) stops after the step and saves."""
+    out = tmp_path / "out"
+    args = tiny(corpus, out, "--dropout=0.1", "--gradient_accumulation_steps=2")
+
+    def press_ctrl_c():
+        deadline = time.time() + 60
+        while logged_steps(out) < 3 and time.time() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    watcher = threading.Thread(target=press_ctrl_c)
+    watcher.start()
+    code = train.main([a for a in args if not a.startswith("--max_iters")] + ["--max_iters=100000"])
+    watcher.join()
+    assert code == 130
+    assert "stopped at iteration" in capsys.readouterr().out
+    n = load_checkpoint(out / "last.pt")["iter_num"]
+    assert n >= 3 and len(losses(out)) == n
+    assert train.main(args + ["--init_from=resume"]) == 0
+    assert losses(out) == losses(straight)
+
+
+# -----------------------------------------------------------------------------
+# logging and scale-out
+
+def test_wandb_offline(corpus, tmp_path, monkeypatch):
+    """WANDB_MODE=offline: no network needed, and the metrics land in the offline run."""
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    assert train.main(tiny(corpus, tmp_path / "out", "--wandb_log", "--max_iters=4")) == 0
+    runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1
+    deadline = time.time() + 30  # wandb's service writes the file in the background
+    while b"eval/val_loss" not in runs[0].read_bytes() and time.time() < deadline:
+        time.sleep(0.1)
+    data = runs[0].read_bytes()
+    assert b"train/loss" in data and b"eval/val_loss" in data and b"tok_per_s" in data
+
+
+def test_wandb_failure_never_stops_training(corpus, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
+    assert train.main(tiny(corpus, tmp_path / "a", "--wandb_log", "--max_iters=2")) == 0
+    assert "wandb is not installed" in capsys.readouterr().err
+
+
+def test_ddp_two_processes_match_one_with_twice_the_accumulation(corpus, tmp_path):
+    """torchrun --nproc_per_node=2 with gloo, gas=2 (one micro-step each) against one process
+    with gas=2: the same batches, so the same losses up to float rounding."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert train.main(tiny(corpus, one, "--gradient_accumulation_steps=2", "--max_iters=4")) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as torchrun would set
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(ROOT / "train.py"), *tiny(corpus, two, "--gradient_accumulation_steps=2",
+                                                      "--max_iters=4")],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "2 processes" in r.stdout
+    assert len(losses(two)) == 4
+    for (i, a), (j, b) in zip(losses(one), losses(two)):
+        assert i == j and a == pytest.approx(b, abs=1e-5)
+    for a, b in zip(records(one, "eval"), records(two, "eval")):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-5)
+    assert load_checkpoint(two / "last.pt")["iter_num"] == 4
