@@ -251,8 +251,12 @@ def _run(cfg: BenchConfig, say) -> dict:
     else:
         raise ConfigError(f"--dtype={cfg.dtype}: use auto, float32, bfloat16 or float16")
     sizes = cfg.sizes.split(",") if not cfg.quick or cfg.sizes != BenchConfig.sizes else ["tiny"]
-    batches = [int(b) for b in ("1,4" if cfg.quick and cfg.batch_sizes == BenchConfig.batch_sizes
-                                else cfg.batch_sizes).split(",")]
+    try:
+        batches = [int(b) for b in ("1,4" if cfg.quick and cfg.batch_sizes == BenchConfig.batch_sizes
+                                    else cfg.batch_sizes).split(",")]
+    except ValueError:
+        raise ConfigError(f"--batch_sizes={cfg.batch_sizes}: write whole numbers separated by commas, "
+                          f"e.g. --batch_sizes=1,64") from None
     paths = cfg.paths.split(",") + (["compiled"] if cfg.compile and "compiled" not in cfg.paths else [])
     unknown = set(paths) - {"uncached", "cached", "fast", "compiled"}
     if unknown:

@@ -302,3 +302,17 @@ def test_command_line(run_dir):
     assert samples(p.stdout)[0].startswith("The") and "tokens/s" in p.stderr
     p = cli(f"--out_dir={run_dir}", "--top_p=2")
     assert p.returncode == 1 and p.stderr.startswith("error: --top_p=2.0") and "Traceback" not in p.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CUDA-graph path)")
+def test_cuda_graph_path_prints_the_same_text(run_dir, capsys):
+    args = [f"--out_dir={run_dir}", "--device=cuda", "--dtype=float32", "--prompt=The",
+            "--temperature=0", "--max_new_tokens=40", "--num_samples=2"]
+    outs = []
+    for flag in ("--fast=auto", "--fast=false", "--use_cache=false"):
+        assert sample_mod.main([*args, flag]) == 0
+        out, err = capsys.readouterr()
+        outs.append(out)
+        if flag == "--fast=auto":
+            assert "static cache + CUDA graph" in err
+    assert outs[0] == outs[1] == outs[2]
