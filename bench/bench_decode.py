@@ -14,9 +14,12 @@ and prompt length (1 and block_size/2), each path generates greedily up to a ful
   compiled  (--compile) the fast path with its step through torch.compile
 Prints one table and writes it, with the machine's details, as JSON. Asserts nothing.
 
-Memory: on CUDA, the peak allocated by torch during the run (weights included) and how much
-above the start that is; on CPU the process's peak resident memory (VmHWM, reset before each
-run) and its growth, a rougher figure since freed memory is often kept by the allocator.
+Memory ("mem MiB"): what decoding needs beyond the weights, the cache and activations: the peak
+during the run above the memory at its start, plus, for the static paths, the buffers (and CUDA
+graph pool) allocated when the decoder was built. On CUDA that is torch's allocated memory,
+exact; on CPU it is the growth of the process's resident set (VmHWM, reset before each run),
+rougher, as the allocator keeps and reuses memory freed by earlier runs. The JSON also holds
+each run's absolute peak.
 
 The uncached path at a large batch on a CPU takes many minutes per window, so there it is
 timed on every --uncached_stride-th step only (the forward of that step's full context) and
@@ -55,7 +58,7 @@ class BenchConfig:
     paths: str = "uncached,cached,fast"  # any of uncached, cached, fast, compiled
     compile: bool = False            # also time the compiled fast path (slow to start)
     repeats: int = 0                 # timed runs per row, median reported; 0 = 3 on CUDA, 1 on CPU
-    uncached_stride: int = 0         # 0 = 1, or 8 for batch >= 16 on CPU (see the docstring)
+    uncached_stride: int = 0         # 0 = 1, or 16 for batch >= 16 on CPU (see the docstring)
     threads: int = 0                 # CPU threads for torch; 0 = torch's default
     quick: bool = False              # smoke run: the tiny model, batch 1 and 4
     out: str | None = None           # JSON path; none = bench/results/decode-<device>.json
@@ -85,24 +88,30 @@ def sync(device):
 
 
 class Memory:
-    """Peak memory over one run, in MiB: (peak, peak - at start)."""
+    """Memory in bytes: on CUDA what torch has allocated, on CPU the process's resident set."""
 
     def __init__(self, device):
         self.device = device
 
-    def start(self):
+    def now(self):
         sync(self.device)
         if self.device.type == "cuda":
+            return torch.cuda.memory_allocated(self.device)
+        return self._rss("VmRSS")
+
+    def start(self):
+        """Begin a window: forget the peak so far."""
+        if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-            self.base = torch.cuda.memory_allocated(self.device)
         else:
             try:
                 Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
             except OSError:
                 pass
-            self.base = self._rss("VmRSS")
+        self.base = self.now()
 
     def stop(self):
+        """(peak in the window, peak - at its start), in MiB."""
         sync(self.device)
         if self.device.type == "cuda":
             peak = torch.cuda.max_memory_allocated(self.device)
@@ -155,30 +164,32 @@ def bench_size(name, cfg, device, dtype, batch_sizes, paths, repeats, say):
     bs = model.config.block_size
     params = model.num_params()
     say(f"\n{name}: {params / 1e6:.2f}M parameters, {shape}")
-    rows = []
+    mem = Memory(device)
+    rows, uncached = [], {}
     for B in batch_sizes:
-        decoders = {}
-        for path in paths:  # build (and for CUDA, capture) once per batch size, timed apart
+        # path by path, so no path's buffers are alive (and counted) while another runs
+        for path in paths:
+            dec, setup_s, held = None, None, 0.0
             if path in ("fast", "compiled"):
+                # build (on CUDA: capture) once per batch size, timed and measured apart; the
+                # static cache and the graph's memory pool stay allocated, so count them per row
+                before = mem.now()
                 t0 = time.perf_counter()
-                decoders[path] = StaticDecoder(model, B, compile=path == "compiled")
+                dec = StaticDecoder(model, B, compile=path == "compiled")
                 sync(device)
-                decoders[path + "_setup_s"] = time.perf_counter() - t0
-        for prompt_len in (1, bs // 2):
-            idx = torch.randint(0, VOCAB, (B, prompt_len), device=device)
-            new = bs - prompt_len
-            base = None
-            for path in paths:
+                setup_s = time.perf_counter() - t0
+                held = (mem.now() - before) / 2**20 if before is not None else 0.0
+            for prompt_len in (1, bs // 2):
+                idx = torch.randint(0, VOCAB, (B, prompt_len), device=device)
+                new = bs - prompt_len
+
                 def steps(n):
-                    if path == "uncached":
-                        return decode(model, idx, n, temperature=0, use_cache=False)
-                    if path == "cached":
-                        return decode(model, idx, n, temperature=0, use_cache=True)
-                    return decoders[path].decode(idx, n, temperature=0)
-                stride = cfg.uncached_stride or (8 if device.type == "cpu" and B >= 16 else 1)
+                    if dec is not None:
+                        return dec.decode(idx, n, temperature=0)
+                    return decode(model, idx, n, temperature=0, use_cache=path == "cached")
+                stride = cfg.uncached_stride or (16 if device.type == "cpu" and B >= 16 else 1)
                 estimated = path == "uncached" and stride > 1
                 time_decode(steps(min(new, 8)), device)  # warm-up: allocator, kernels, caches
-                mem = Memory(device)
                 times = []
                 for _ in range(repeats):
                     mem.start()
@@ -189,14 +200,19 @@ def bench_size(name, cfg, device, dtype, batch_sizes, paths, repeats, say):
                     peak, extra = mem.stop()
                 t = statistics.median(times)
                 tok_s = B * new / t
-                base = tok_s if path == "uncached" else base
+                if path == "uncached":
+                    uncached[B, prompt_len] = tok_s
+                base = uncached.get((B, prompt_len))
                 row = dict(size=name, params=params, batch=B, prompt=prompt_len, new=new, path=path,
                            seconds=t, tok_per_s=tok_s, ms_per_step=1000 * t / new,
-                           speedup=tok_s / base if base else None, peak_mib=peak, extra_mib=extra,
-                           setup_s=decoders.get(path + "_setup_s"), repeats=repeats,
-                           note=f"est. (every {stride}th step)" if estimated else "")
+                           speedup=tok_s / base if base else None, peak_mib=peak,
+                           mem_mib=None if extra is None else extra + held, setup_s=setup_s,
+                           repeats=repeats, note=f"est. (every {stride}th step)" if estimated else "")
                 rows.append(row)
                 say(format_row(row))
+            del dec
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     return rows
 
 
@@ -204,16 +220,15 @@ def bench_size(name, cfg, device, dtype, batch_sizes, paths, repeats, say):
 # output
 
 HEADER = (f"{'size':<17}{'params':>7}{'batch':>6}{'prompt':>7}{'new':>5}  {'path':<9}{'tok/s':>11}"
-          f"{'ms/step':>9}{'vs unc.':>8}{'peak MiB':>10}{'+MiB':>8}  note")
+          f"{'ms/step':>9}{'vs unc.':>8}{'mem MiB':>9}  note")
 
 
 def format_row(r) -> str:
     speed = f"{r['speedup']:.1f}x" if r["speedup"] else "-"
-    peak = f"{r['peak_mib']:.0f}" if r["peak_mib"] is not None else "-"
-    extra = f"{r['extra_mib']:.0f}" if r["extra_mib"] is not None else "-"
+    mem = f"{r['mem_mib']:.0f}" if r["mem_mib"] is not None else "-"
     return (f"{r['size']:<17}{r['params'] / 1e6:>6.2f}M{r['batch']:>6}{r['prompt']:>7}{r['new']:>5}  "
-            f"{r['path']:<9}{r['tok_per_s']:>11,.0f}{r['ms_per_step']:>9.2f}{speed:>8}{peak:>10}"
-            f"{extra:>8}  {r['note']}")
+            f"{r['path']:<9}{r['tok_per_s']:>11,.0f}{r['ms_per_step']:>9.2f}{speed:>8}{mem:>9}  "
+            f"{r['note']}")
 
 
 def machine(device, dtype) -> dict:
