@@ -174,6 +174,16 @@ def test_tiny_run_end_to_end(corpus, tmp_path, capsys):
     assert "already holds a run" in capsys.readouterr().err
 
 
+def test_bpe_rope_gqa_run(corpus, tmp_path):
+    """The other tokenizer and model options go through the same loop and checkpoint."""
+    out = tmp_path / "out"
+    assert train.main(tiny(corpus, out, "--tokenizer=bpe", "--tokenizer_vocab_size=300", "--pos_emb=rope",
+                           "--n_kv_head=1", "--attn_impl=explicit", "--max_iters=2")) == 0
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["tokenizer"]["kind"] == "bpe" and ckpt["model_config"]["n_kv_head"] == 1
+    assert model_from_checkpoint(ckpt).config.vocab_size == len(ckpt["tokenizer"]["ranks"])
+
+
 @pytest.fixture(scope="module")
 def straight(corpus, tmp_path_factory):
     """8 iterations in one go, with dropout and two micro-steps: the reference run."""
