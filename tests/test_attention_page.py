@@ -4,7 +4,12 @@ metrics log, the page is self-contained, and bad input gets a clear error."""
 
 import json
 import math
+import os
 import re
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +19,7 @@ import model.attention_page as ap
 from data import tokenizer_from_dict
 from model import GPT, GPTConfig, causal_mask
 from model.attention_page import AttentionPageError, SCALE, read_metrics, write_attention_page
+from model.checkpoint import save_checkpoint
 
 TEXT = "To be, or not to be: that is"  # 28 characters, inside block_size 32
 TOK = tokenizer_from_dict({"kind": "char", "chars": " ,:.!?\nTabehinorstw"})
@@ -233,3 +239,40 @@ def test_nice_ticks_cover_the_range_with_round_steps():
     ticks = ap.nice_ticks(1.37, 4.21)
     assert ticks[0] <= 1.37 and ticks[-1] >= 4.21 and len(ticks) <= 8
     assert ap.nice_ticks(3.0, 3.0)[0] <= 3.0 <= ap.nice_ticks(3.0, 3.0)[-1]
+
+
+# -----------------------------------------------------------------------------
+# end to end: the sample.py flag, as the README shows it
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_sample(*args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}   # a tiny model: threads only fight over cores
+    return subprocess.run([sys.executable, "sample.py", "--device=cpu", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_sample_cli_writes_the_page(tmp_path):
+    model = tiny_model(n_kv_head=4)
+    save_checkpoint(tmp_path / "ckpt.pt", {"model": model.state_dict(), "model_config": asdict(model.config),
+                                           "tokenizer": TOK.to_dict(), "iter_num": 0, "best_val_loss": 0.0})
+    write_metrics(tmp_path / "metrics.jsonl")
+    page = tmp_path / "attention.html"
+    r = run_sample(f"--out_dir={tmp_path}", "--prompt=To be", "--max_new_tokens=12", "--temperature=0",
+                   f"--attention_html={page}")
+    assert r.returncode == 0, r.stderr
+    assert f"attention page: {page}" in r.stderr
+    data = embedded(page)
+    text = r.stdout.split("\n---")[0]                  # the prompt and the sample, as printed
+    assert "".join(data["tokens"]) == text and len(data["tokens"]) == 5 + 12 and data["prompt_len"] == 5
+    check_weights(data, model.attention_maps(torch.tensor([data["ids"]])))
+    assert '<svg id="loss-svg"' in page.read_text(encoding="utf-8")
+
+    # a page that cannot be written: one clear line, exit 1, and the samples were still printed
+    (tmp_path / "file").write_text("x")
+    r = run_sample(f"--out_dir={tmp_path}", "--prompt=To be", "--max_new_tokens=3",
+                   f"--attention_html={tmp_path / 'file' / 'a.html'}")
+    assert r.returncode == 1 and r.stdout.startswith("To be")
+    assert r.stderr.strip().splitlines()[-1].startswith("error: --attention_html: cannot write")
+    assert "Traceback" not in r.stderr
