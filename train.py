@@ -34,7 +34,7 @@ import random
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Literal
 
@@ -118,9 +118,10 @@ class TrainConfig:
 # settings that decide the model's shape or its data: a resumed run must keep them
 LOCKED = ("dataset", "tokenizer", "tokenizer_vocab_size", "n_layer", "n_head", "n_kv_head",
           "n_embd", "block_size", "bias", "pos_emb")
-# bf16 dense peak FLOP/s (no sparsity) for MFU, by a substring of the device name
-PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A10G": 125e12, "L4": 121e12,
-             "4090": 165e12, "3090": 71e12, "V100": 125e12, "T4": 65e12}
+# dense bf16 (fp16 on V100/T4) peak FLOP/s for MFU, by a substring of the device name, first
+# match wins; SXM figures for H100/A100, as nanoGPT uses 312e12 for the A100
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A10G": 125e12, "L40S": 362e12,
+             "L4": 121e12, "4090": 165e12, "3090": 71e12, "V100": 125e12, "T4": 65e12}
 
 DESCRIPTION = """Train a GPT. With no config file the defaults are sized for the machine: the full
 run below on a GPU, configs/cpu.toml (a few minutes on two cores) without one."""
