@@ -144,6 +144,18 @@ def test_training_mode_and_dropout_do_not_change_the_weights(tmp_path):
     check_weights(data, tiny_model(dropout=0.5).eval().attention_maps(torch.tensor([tokens])))
 
 
+def test_bfloat16_model(tmp_path):
+    """sample.py runs bf16 on GPUs: the page shows the bf16 model's own weights, as floats."""
+    model = tiny_model().to(torch.bfloat16)
+    tokens = TOK.encode(TEXT)
+    data = embedded(write_attention_page(tmp_path / "p.html", model, TOK, tokens))
+    maps = model.attention_maps(torch.tensor([tokens]))
+    for layer, w in zip(data["weights"], maps):
+        for h, rows in enumerate(layer):
+            for i, row in enumerate(rows):
+                assert torch.allclose(torch.tensor(row) / SCALE, w[0, h, i, :i + 1].float(), atol=TOL, rtol=0)
+
+
 def write_metrics(path):
     lines = [{"kind": "train", "iter": i, "loss": 4.0 - i / 100, "lr": 1e-3, "tok_per_s": 1.0, "mfu": 0.0}
              for i in range(0, 200, 10)]
