@@ -17,7 +17,8 @@ from .prepare import DTYPES, load_meta
 
 
 class BatchLoader:
-    def __init__(self, bin_path, block_size, batch_size, *, device="cpu", seed=0, dtype=None):
+    def __init__(self, bin_path, block_size, batch_size, *, device="cpu", seed=0, dtype=None,
+                 resident=False):
         self.path = Path(bin_path)
         self.split = self.path.stem  # "train" / "val", for messages
         if not self.path.is_file():
@@ -40,16 +41,26 @@ class BatchLoader:
         self.device = torch.device(device)
         self.seed, self.batches = seed, 0
         self.rng = np.random.Generator(np.random.PCG64(seed))
+        # resident: the whole split lives on the device once, and each batch is gathered there
+        # (no per-step file read or host-to-device copy; worth it when the data is small)
+        self.tokens = None
+        if resident:
+            data = np.fromfile(self.path, dtype=self.dtype).astype(np.int64)
+            self.tokens = torch.from_numpy(data).to(self.device)
+            self.offsets = torch.arange(block_size + 1, device=self.device)
 
     def next_batch(self):
         """(x, y): int64 tensors of shape (batch_size, block_size) on device; y[:, t] = x[:, t+1]."""
+        ix = self.rng.integers(0, self.n - self.block_size, size=self.batch_size)  # last start: n-T-1
+        self.batches += 1
+        if self.tokens is not None:  # the same windows, gathered on the device
+            w = self.tokens[torch.from_numpy(ix).to(self.device)[:, None] + self.offsets]
+            return w[:, :-1], w[:, 1:]
         # map the file afresh each call: a long-lived np.memmap leaks memory (as noted in nanoGPT)
         data = np.memmap(self.path, dtype=self.dtype, mode="r")
-        ix = self.rng.integers(0, self.n - self.block_size, size=self.batch_size)  # last start: n-T-1
         w = data[ix[:, None] + np.arange(self.block_size + 1)].astype(np.int64)
         x = torch.from_numpy(np.ascontiguousarray(w[:, :-1]))
         y = torch.from_numpy(np.ascontiguousarray(w[:, 1:]))
-        self.batches += 1
         if self.device.type == "cuda":  # page-locked host memory lets the copy overlap compute
             return x.pin_memory().to(self.device, non_blocking=True), \
                 y.pin_memory().to(self.device, non_blocking=True)

@@ -118,3 +118,17 @@ def test_bad_state_dict(tmp_path):
     for bad in ({}, {"seed": 0, "batches": 0, "rng": {"bit_generator": "MT19937"}}, None):
         with pytest.raises(DataError, match="not a BatchLoader state"):
             loader.load_state_dict(bad)
+
+
+def test_resident_loader_gives_the_same_batches(tmp_path):
+    path = write_bin(tmp_path, np.arange(3000) % 1000)
+    mapped = BatchLoader(path, 32, 8, seed=5)
+    resident = BatchLoader(path, 32, 8, seed=5, resident=True)
+    assert resident.tokens is not None
+    for (x1, y1), (x2, y2) in zip(batches(mapped, 4), batches(resident, 4)):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    again = BatchLoader(path, 32, 8, seed=0, resident=True)
+    again.load_state_dict(mapped.state_dict())  # resumes the mapped loader's stream exactly
+    x1, _ = mapped.next_batch()
+    x2, _ = again.next_batch()
+    assert torch.equal(x1, x2)
