@@ -48,6 +48,7 @@ from configs import ConfigError, build, load_config_file, read_args
 from data import BatchLoader, DataError, load_meta, prepare, tokenizer_from_dict
 from model import GPT, GPTConfig
 from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from model.muon import Muon, split_params_for_muon
 from model.config import ConfigError as ModelConfigError
 
 
@@ -76,6 +77,14 @@ class TrainConfig:
     bias: bool = False                  # biases in Linear and LayerNorm layers
     pos_emb: Literal["learned", "rope"] = "learned"
     attn_impl: Literal["sdpa", "explicit"] = "sdpa"
+    # model options from the speedrun line of work (configs/speedrun*.toml); defaults = GPT-2's
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"  # rmsnorm: parameter-free
+    embed_norm: bool = False            # a norm right after the embedding
+    qk_norm: bool = False               # RMS-normalise q and k per head
+    mlp_act: Literal["gelu", "relu2"] = "gelu"  # relu2: ReLU squared
+    zero_init: bool = False             # residual output projections (and an untied head) start at 0
+    tie_embeddings: bool = True         # the head shares the token embedding matrix
+    logit_softcap: float = 0.0          # > 0: logits = c * tanh(logits / c)
     # optimization
     batch_size: int = 64                # sequences per micro-batch (per process)
     gradient_accumulation_steps: int = 1  # micro-batches per step, over all processes
@@ -89,11 +98,19 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0              # clip the gradient's global norm to this; 0 = off
+    optimizer: Literal["adamw", "muon"] = "adamw"  # muon: Muon for the blocks' matrices, AdamW for the rest
+    muon_lr: float = 0.02               # Muon's peak learning rate (the schedule scales it like learning_rate)
+    muon_momentum: float = 0.95
+    lr_schedule: Literal["cosine", "wsd"] = "cosine"  # wsd: warmup, stable, linear cooldown to min_lr
+    cooldown_frac: float = 0.3          # wsd: the last fraction of lr_decay_iters spent cooling down
     # system
     device: Literal["auto", "cuda", "cpu", "mps"] = "auto"  # auto: cuda if there is a GPU, else cpu
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPUs that have it
     compile: bool | None = None         # torch.compile the model; none = on CUDA only
     seed: int = 1337
+    data_on_device: bool = False        # keep the whole dataset on the device, gather batches there
+    eval_full_val: bool = False         # val loss from one exact pass over the whole val split
+    stop_at_val_loss: float | None = None  # stop as soon as an eval reaches this val loss
     peak_flops: float | None = None     # the device's peak FLOP/s for MFU; none = known GPUs only
     # logging
     wandb_log: bool = False             # log to Weights & Biases (WANDB_MODE=offline works)
@@ -111,13 +128,19 @@ class TrainConfig:
         for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):
             if not getattr(self, name) >= 0:  # also catches nan
                 raise ConfigError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if not 0 <= self.cooldown_frac <= 1:
+            raise ConfigError(f"cooldown_frac must be in [0, 1], got {self.cooldown_frac}")
+        if not self.muon_lr >= 0 or not 0 <= self.muon_momentum < 1:
+            raise ConfigError(f"muon_lr must be >= 0 and muon_momentum in [0, 1), got "
+                              f"{self.muon_lr} and {self.muon_momentum}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ConfigError(f"beta1 and beta2 must be in [0, 1), got {self.beta1} and {self.beta2}")
 
 
 # settings that decide the model's shape or its data: a resumed run must keep them
 LOCKED = ("dataset", "tokenizer", "tokenizer_vocab_size", "n_layer", "n_head", "n_kv_head",
-          "n_embd", "block_size", "bias", "pos_emb")
+          "n_embd", "block_size", "bias", "pos_emb", "norm", "embed_norm", "qk_norm", "mlp_act",
+          "tie_embeddings", "logit_softcap")
 # dense bf16 (fp16 on V100/T4) peak FLOP/s for MFU, by a substring of the device name, first
 # match wins; SXM figures for H100/A100, as nanoGPT uses 312e12 for the A100
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A10G": 125e12, "L40S": 362e12,
@@ -136,13 +159,19 @@ def error(message):
 # pieces of the loop
 
 def get_lr(it: int, cfg: TrainConfig) -> float:
-    """Linear warmup, then cosine decay to min_lr at lr_decay_iters (nanoGPT's schedule)."""
+    """Linear warmup, then cosine decay to min_lr at lr_decay_iters (nanoGPT's schedule), or
+    with lr_schedule=wsd: hold the peak, then fall linearly to min_lr over the last
+    cooldown_frac of lr_decay_iters (the loss drops most during that cooldown)."""
     if not cfg.decay_lr:
         return cfg.learning_rate
     if it < cfg.warmup_iters:
         return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
     if it > cfg.lr_decay_iters:
         return cfg.min_lr
+    if cfg.lr_schedule == "wsd":
+        cooldown = max(1, round(cfg.cooldown_frac * cfg.lr_decay_iters))
+        frac = min(1.0, (cfg.lr_decay_iters - it) / cooldown)  # 1 until the cooldown starts, then -> 0
+        return cfg.min_lr + frac * (cfg.learning_rate - cfg.min_lr)
     ratio = (it - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
     coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))  # 1 -> 0
     return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
@@ -154,8 +183,24 @@ def make_optimizer(model: GPT, cfg: TrainConfig, device_type: str):
     params = [p for p in model.parameters() if p.requires_grad]  # tied weights appear once
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
     fused = device_type == "cuda"  # one kernel for all parameters instead of a loop of small ones
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=fused)
+
+
+def make_optimizers(model: GPT, cfg: TrainConfig, device_type: str) -> list:
+    """[AdamW] or, with optimizer=muon, [Muon for the blocks' 2-D weights, AdamW for the rest]."""
+    if cfg.optimizer == "adamw":
+        opts = [make_optimizer(model, cfg, device_type)]
+    else:
+        hidden, rest = split_params_for_muon(model)
+        muon = Muon(hidden, lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay)
+        adamw_groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+                        {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
+        adamw = torch.optim.AdamW([g for g in adamw_groups if g["params"]], lr=cfg.learning_rate,
+                                  betas=(cfg.beta1, cfg.beta2), fused=device_type == "cuda")
+        opts = [muon, adamw]
+    return opts
 
 
 def stream_seed(seed: int, name: str, k: int = 0) -> int:
@@ -392,23 +437,31 @@ def train(argv, rank, world, local_rank, ddp, master, say, stopper) -> int:
     per_rank = gas // world
     streams = range(rank * per_rank, (rank + 1) * per_rank)  # this process's micro-batch streams
     loaders = {k: BatchLoader(data_dir / "train.bin", cfg.block_size, cfg.batch_size, device=device,
-                              seed=stream_seed(cfg.seed, "train", k)) for k in streams}
+                              seed=stream_seed(cfg.seed, "train", k), resident=cfg.data_on_device)
+               for k in streams}
 
     # model
     mcfg = GPTConfig(vocab_size=meta["vocab_size"], block_size=cfg.block_size, n_layer=cfg.n_layer,
                      n_head=cfg.n_head, n_kv_head=cfg.n_kv_head, n_embd=cfg.n_embd, dropout=cfg.dropout,
-                     bias=cfg.bias, pos_emb=cfg.pos_emb, attn_impl=cfg.attn_impl)
+                     bias=cfg.bias, pos_emb=cfg.pos_emb, attn_impl=cfg.attn_impl, norm=cfg.norm,
+                     embed_norm=cfg.embed_norm, qk_norm=cfg.qk_norm, mlp_act=cfg.mlp_act,
+                     zero_init=cfg.zero_init, tie_embeddings=cfg.tie_embeddings,
+                     logit_softcap=cfg.logit_softcap)
     raw_model = GPT(mcfg)
     torch.manual_seed(cfg.seed + rank)
-    iter_num, best_val_loss = 0, float("inf")
+    iter_num, best_val_loss, train_time = 0, float("inf"), 0.0
     raw_model.to(device)
-    optimizer = make_optimizer(raw_model, cfg, device.type)
+    optimizers = make_optimizers(raw_model, cfg, device.type)
     scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16))
     if ckpt is not None:
         check_compatible(ckpt, mcfg, meta)
         try:
             raw_model.load_state_dict(strip_prefixes(ckpt["model"]))
-            optimizer.load_state_dict(ckpt["optimizer"])
+            if len(ckpt["optimizer"]) != len(optimizers):
+                raise ValueError(f"{len(ckpt['optimizer'])} optimizer states for {len(optimizers)} optimizers")
+            for opt, state in zip(optimizers, ckpt["optimizer"]):
+                opt.load_state_dict(state)
+            train_time = float(ckpt.get("train_time", 0.0))
             scaler.load_state_dict(ckpt["scaler"])
             restore_rng(ckpt["rng"], loaders, rank, world, device, say)
             iter_num, best_val_loss = int(ckpt["iter_num"]), float(ckpt["best_val_loss"])
@@ -428,12 +481,36 @@ def train(argv, rank, world, local_rank, ddp, master, say, stopper) -> int:
     peak = cfg.peak_flops or peak_flops(device, dtype)
     flops_per_iter = raw_model.flops_per_token(cfg.block_size) * tokens_per_iter
 
+    val_windows = None
+    if cfg.eval_full_val:
+        # every val token once: consecutive windows of block_size, each predicting its next tokens
+        val = torch.from_numpy(np.fromfile(data_dir / "val.bin", dtype=meta["dtype"]).astype(np.int64))
+        n = (len(val) - 1) // cfg.block_size * cfg.block_size
+        val_windows = (val[:n].view(-1, cfg.block_size).to(device),
+                       val[1:n + 1].view(-1, cfg.block_size).to(device))
+
+    def full_val_loss() -> float:
+        """Exact mean loss over all val windows (each process takes every world-th batch)."""
+        xs, ys = val_windows
+        total = torch.zeros((), device=device, dtype=torch.float64)
+        for k, i in enumerate(range(0, len(xs), cfg.batch_size)):
+            if k % world == rank:
+                with torch.no_grad(), autocast:
+                    total += model(xs[i:i + cfg.batch_size], ys[i:i + cfg.batch_size])[1].double() \
+                        * len(xs[i:i + cfg.batch_size])
+        if ddp:
+            dist.all_reduce(total)
+        return total.item() / len(xs)
+
     def evaluate() -> dict:
         """Mean loss over eval_iters batches of each split: the same batches at every eval (a
-        fixed seed), shared out among the processes; the training streams are not touched."""
+        fixed seed), shared out among the processes; the training streams are not touched.
+        With eval_full_val, val is instead one exact pass over the whole split."""
         model.eval()
         out = {}
-        for split in ("train", "val"):
+        if val_windows is not None:
+            out["val"] = full_val_loss()
+        for split in ("train", "val")[:1 if val_windows is not None else 2]:
             loader = BatchLoader(data_dir / f"{split}.bin", cfg.block_size, cfg.batch_size,
                                  device=device, seed=stream_seed(cfg.seed, f"eval-{split}"))
             total = torch.zeros((), device=device, dtype=torch.float64)
@@ -455,7 +532,8 @@ def train(argv, rank, world, local_rank, ddp, master, say, stopper) -> int:
             return
         ckpt = {"model": raw_model.state_dict(), "model_config": asdict(mcfg),
                 "tokenizer": tokenizer.to_dict(), "config": asdict(cfg), "iter_num": iter_num,
-                "best_val_loss": best_val_loss, "optimizer": optimizer.state_dict(),
+                "best_val_loss": best_val_loss, "optimizer": [o.state_dict() for o in optimizers],
+                "train_time": train_time,
                 "scaler": scaler.state_dict(), "rng": state,
                 "wandb_run_id": getattr(wandb_run, "id", None) or wandb_id}
         for name in names:
@@ -487,7 +565,7 @@ def train(argv, rank, world, local_rank, ddp, master, say, stopper) -> int:
             best_val_loss = min(best_val_loss, losses["val"])
             if master:
                 metrics.log({"kind": "eval", "iter": iter_num, "train_loss": losses["train"],
-                             "val_loss": losses["val"]})
+                             "val_loss": losses["val"], "train_time": train_time})
                 write(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
                       + (" (best, saved ckpt.pt)" if improved and iter_num > 0 else ""))
             if iter_num > 0:
@@ -496,6 +574,12 @@ def train(argv, rank, world, local_rank, ddp, master, say, stopper) -> int:
                 if names:
                     save(names)
             t0, last_log = time.time(), iter_num  # eval and saving are not training time
+            if cfg.stop_at_val_loss is not None and losses["val"] <= cfg.stop_at_val_loss:
+                if iter_num > 0 and not cfg.always_save_checkpoint:
+                    save(["last.pt"])
+                say(f"reached val loss {losses['val']:.4f} <= stop_at_val_loss={cfg.stop_at_val_loss} "
+                    f"at iteration {iter_num} after {train_time:.1f} s of training; stopping")
+                break
         if iter_num >= cfg.max_iters:
             break
         if stop_requested(stopper, device, ddp):
@@ -506,9 +590,13 @@ def train(argv, rank, world, local_rank, ddp, master, say, stopper) -> int:
             break
 
         # one step: learning rate for this iteration, gas micro-batches, clip, update
+        step_start = time.perf_counter()
         lr = get_lr(iter_num, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        scale = lr / cfg.learning_rate if cfg.learning_rate > 0 else 0.0
+        for opt in optimizers:
+            peak = cfg.muon_lr if isinstance(opt, Muon) else cfg.learning_rate  # one schedule, two peaks
+            for group in opt.param_groups:
+                group["lr"] = peak * scale
         loss_sum = torch.zeros((), device=device)
         for i, k in enumerate(streams):
             x, y = loaders[k].next_batch()
@@ -534,11 +622,24 @@ def train(argv, rank, world, local_rank, ddp, master, say, stopper) -> int:
             status = 1
             break
         if cfg.grad_clip > 0:
-            scaler.unscale_(optimizer)
+            for opt in optimizers:
+                scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)  # skips the step if fp16 gradients overflowed
+        for opt in optimizers:
+            scaler.step(opt)  # skips the step if fp16 gradients overflowed
         scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        # pure training time for the speedrun's clock: the loss.item() above already waited for
+        # the GPU; the first step (compilation, allocator warm-up) is reported on its own
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        step_time = time.perf_counter() - step_start
+        if iter_num == start_iter and ckpt is None:
+            if master:
+                metrics.log({"kind": "warmup", "iter": iter_num, "seconds": step_time})
+        else:
+            train_time += step_time
 
         if iter_num % cfg.log_interval == 0 and master:
             dt = (time.time() - t0) / max(1, iter_num + 1 - last_log)

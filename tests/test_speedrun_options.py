@@ -1,0 +1,86 @@
+"""The speedrun options in train.py (issue 7): Muon, the WSD schedule, the resident dataset,
+the exact val pass and stop_at_val_loss; a run with all of them on trains, resumes exactly
+and samples."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train
+from model import GPT, GPTConfig
+from model.checkpoint import load_checkpoint, model_from_checkpoint
+from model.muon import Muon
+from tests.test_train import ROOT, corpus, losses, one_thread, records, tiny  # noqa: F401 (fixtures)
+
+SPEEDRUN = ["--optimizer=muon", "--muon_lr=0.02", "--lr_schedule=wsd", "--cooldown_frac=0.5",
+            "--pos_emb=rope", "--norm=rmsnorm", "--embed_norm", "--qk_norm", "--mlp_act=relu2",
+            "--zero_init", "--tie_embeddings=false", "--logit_softcap=15", "--data_on_device",
+            "--eval_full_val", "--learning_rate=3e-3"]
+
+
+def test_wsd_schedule():
+    c = train.TrainConfig(learning_rate=1.0, min_lr=0.0, warmup_iters=10, lr_decay_iters=100,
+                          lr_schedule="wsd", cooldown_frac=0.2)
+    lrs = [train.get_lr(i, c) for i in range(110)]
+    assert lrs[9] == pytest.approx(10 / 11)                          # warmup as before
+    assert all(lr == 1.0 for lr in lrs[10:81])                       # stable until the cooldown
+    assert lrs[90] == pytest.approx(0.5) and lrs[100] == 0.0 and lrs[109] == 0.0  # linear to min_lr
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+
+
+def test_muon_groups_and_peaks():
+    m = GPT(GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=8, bias=True))
+    muon, adamw = train.make_optimizers(m, train.TrainConfig(optimizer="muon", muon_lr=0.05), "cpu")
+    assert isinstance(muon, Muon) and muon.param_groups[0]["lr"] == 0.05
+    in_muon = {id(p) for g in muon.param_groups for p in g["params"]}
+    in_adamw = {id(p) for g in adamw.param_groups for p in g["params"]}
+    assert not in_muon & in_adamw and len(in_muon | in_adamw) == len(list(m.parameters()))
+    assert id(m.wte.weight) in in_adamw and id(m.wpe.weight) in in_adamw
+
+
+def test_speedrun_options_train_resume_and_sample(corpus, tmp_path):
+    straight, out = tmp_path / "straight", tmp_path / "out"
+    assert train.main(tiny(corpus, straight, *SPEEDRUN)) == 0
+    run = losses(straight)
+    assert run[-1][1] < run[0][1]                                     # it learns
+    assert all("train_time" in r for r in records(straight, "eval"))
+    assert records(straight, "warmup")[0]["iter"] == 0
+    # exact resume with Muon's momentum and the resident loader's stream in the checkpoint
+    assert train.main(tiny(corpus, out, *SPEEDRUN, "--max_iters=3")) == 0
+    assert train.main(tiny(corpus, out, "--init_from=resume")) == 0
+    assert losses(out) == run
+    ckpt = load_checkpoint(out / "last.pt")
+    assert len(ckpt["optimizer"]) == 2 and ckpt["model_config"]["qk_norm"]
+    # and the checkpoint samples, cached and uncached alike
+    texts = [subprocess.run([sys.executable, "sample.py", f"--out_dir={out}", "--prompt=the king",
+                             "--max_new_tokens=40", "--temperature=0", f"--use_cache={c}",
+                             "--device=cpu"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+             for c in ("true", "false")]
+    assert texts[0].returncode == 0, texts[0].stderr
+    assert texts[0].stdout == texts[1].stdout and texts[0].stdout.startswith("the king")
+
+
+def test_full_val_pass_is_exact(corpus, tmp_path):
+    out = tmp_path / "out"
+    assert train.main(tiny(corpus, out, "--eval_full_val", "--max_iters=4")) == 0
+    logged = records(out, "eval")[-1]["val_loss"]
+    ckpt = load_checkpoint(out / "last.pt")
+    model = model_from_checkpoint(ckpt).eval()
+    import numpy as np
+    from data import load_meta, prepare
+    d = prepare(str(corpus / "tiny.txt"), "char", root=corpus / "prepared", quiet=True)
+    val = torch.from_numpy(np.fromfile(d / "val.bin", dtype=load_meta(d)["dtype"]).astype(np.int64))
+    T = 32
+    n = (len(val) - 1) // T * T
+    with torch.no_grad():  # every val position predicted exactly once, all in one batch
+        _, loss = model(val[:n].view(-1, T), val[1:n + 1].view(-1, T))
+    assert logged == pytest.approx(loss.item(), abs=1e-5)
+
+
+def test_stop_at_val_loss(corpus, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert train.main(tiny(corpus, out, "--stop_at_val_loss=100", "--max_iters=8")) == 0
+    assert "reached val loss" in capsys.readouterr().out
+    assert not records(out, "train")                                  # stopped at the first eval
