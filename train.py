@@ -492,12 +492,13 @@ def train(argv, rank, world, local_rank, ddp, master, say, stopper) -> int:
     def full_val_loss() -> float:
         """Exact mean loss over all val windows (each process takes every world-th batch)."""
         xs, ys = val_windows
+        rows = max(cfg.batch_size, 16384 // cfg.block_size)  # no backward: bigger batches fit
         total = torch.zeros((), device=device, dtype=torch.float64)
-        for k, i in enumerate(range(0, len(xs), cfg.batch_size)):
+        for k, i in enumerate(range(0, len(xs), rows)):
             if k % world == rank:
+                x, y = xs[i:i + rows], ys[i:i + rows]
                 with torch.no_grad(), autocast:
-                    total += model(xs[i:i + cfg.batch_size], ys[i:i + cfg.batch_size])[1].double() \
-                        * len(xs[i:i + cfg.batch_size])
+                    total += model(x, y)[1].double() * len(x)  # the batch's mean, weighted by its size
         if ddp:
             dist.all_reduce(total)
         return total.item() / len(xs)
