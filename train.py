@@ -595,9 +595,9 @@ def train(argv, rank, world, local_rank, ddp, master, say, stopper) -> int:
         lr = get_lr(iter_num, cfg)
         scale = lr / cfg.learning_rate if cfg.learning_rate > 0 else 0.0
         for opt in optimizers:
-            peak = cfg.muon_lr if isinstance(opt, Muon) else cfg.learning_rate  # one schedule, two peaks
+            top = cfg.muon_lr if isinstance(opt, Muon) else cfg.learning_rate  # one schedule, two peaks
             for group in opt.param_groups:
-                group["lr"] = peak * scale
+                group["lr"] = top * scale
         loss_sum = torch.zeros((), device=device)
         for i, k in enumerate(streams):
             x, y = loaders[k].next_batch()

@@ -45,6 +45,7 @@ def test_speedrun_options_train_resume_and_sample(corpus, tmp_path):
     assert train.main(tiny(corpus, straight, *SPEEDRUN)) == 0
     run = losses(straight)
     assert run[-1][1] < run[0][1]                                     # it learns
+    assert all(r["mfu"] is None for r in records(straight, "train"))  # no known peak on a CPU
     assert all("train_time" in r for r in records(straight, "eval"))
     assert records(straight, "warmup")[0]["iter"] == 0
     # exact resume with Muon's momentum and the resident loader's stream in the checkpoint
