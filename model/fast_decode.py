@@ -185,12 +185,8 @@ class StaticDecoder:
         per new token, with the same past-block_size policy (cut to the last `keep` tokens and
         prefill them again)."""
         bs = self.max_len
-        keep = bs // 2 if keep is None else keep
-        check_generate_args(max_new_tokens, temperature, top_k, top_p, num_samples, keep, bs)
-        if idx.dim() != 2 or idx.size(1) == 0:
-            raise ValueError(f"idx must be (B, T) with T >= 1, got shape {tuple(idx.shape)}")
-        if generator is None and seed is not None:
-            generator = torch.Generator(device=idx.device).manual_seed(seed)
+        keep, generator = check_generate_args(idx, max_new_tokens, temperature, top_k, top_p,
+                                              num_samples, keep, bs, generator, seed)
         was_training = self.model.training
         self.model.eval()
         try:

@@ -37,8 +37,13 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def check_generate_args(max_new_tokens, temperature, top_k, top_p, num_samples, keep, block_size):
-    """Nonsense values get one clear message before any work is done."""
+def check_generate_args(idx, max_new_tokens, temperature, top_k, top_p, num_samples, keep,
+                        block_size, generator=None, seed=None):
+    """Nonsense values get one clear message before any work is done. Returns (keep, generator):
+    keep defaults to block_size // 2, and a seed becomes a generator on idx's device."""
+    keep = block_size // 2 if keep is None else keep
+    if idx.dim() != 2 or idx.size(1) == 0:
+        raise ValueError(f"idx must be (B, T) with T >= 1, got shape {tuple(idx.shape)}")
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     if temperature < 0:
@@ -51,6 +56,9 @@ def check_generate_args(max_new_tokens, temperature, top_k, top_p, num_samples, 
         raise ValueError(f"num_samples must be >= 1, got {num_samples!r}")
     if not 1 <= keep <= block_size:
         raise ValueError(f"keep must be in [1, block_size={block_size}], got {keep!r}")
+    if generator is None and seed is not None:
+        generator = torch.Generator(device=idx.device).manual_seed(seed)
+    return keep, generator
 
 
 def _cached_logits(model, idx, max_new_tokens, pick, num_samples, keep):
@@ -94,13 +102,8 @@ def decode(model, idx, max_new_tokens, *, temperature=1.0, top_k=None, top_p=Non
            generator=None, seed=None, num_samples=1, use_cache=True, keep=None):
     """Yield (logits (N, V), next_token (N,)) for each new token, N = B * num_samples.
     The logits are the model's raw output for that step, before temperature and filtering."""
-    bs = model.config.block_size
-    keep = bs // 2 if keep is None else keep
-    check_generate_args(max_new_tokens, temperature, top_k, top_p, num_samples, keep, bs)
-    if idx.dim() != 2 or idx.size(1) == 0:
-        raise ValueError(f"idx must be (B, T) with T >= 1, got shape {tuple(idx.shape)}")
-    if generator is None and seed is not None:
-        generator = torch.Generator(device=idx.device).manual_seed(seed)
+    keep, generator = check_generate_args(idx, max_new_tokens, temperature, top_k, top_p, num_samples,
+                                          keep, model.config.block_size, generator, seed)
 
     def pick(logits):
         return sample_next(logits, temperature, top_k, top_p, generator)
