@@ -12,7 +12,9 @@ import train
 from model import GPT, GPTConfig
 from model.checkpoint import load_checkpoint, model_from_checkpoint
 from model.muon import Muon
-from tests.test_train import ROOT, corpus, losses, one_thread, records, tiny  # noqa: F401 (fixtures)
+from tests.test_train import ROOT, corpus, losses, records, tiny  # noqa: F401 (corpus is a fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SPEEDRUN = ["--optimizer=muon", "--muon_lr=0.02", "--lr_schedule=wsd", "--cooldown_frac=0.5",
             "--pos_emb=rope", "--norm=rmsnorm", "--embed_norm", "--qk_norm", "--mlp_act=relu2",
