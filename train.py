@@ -177,10 +177,10 @@ def get_lr(it: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
 
 
-def make_optimizer(model: GPT, cfg: TrainConfig, device_type: str):
+def make_optimizer(params, cfg: TrainConfig, device_type: str):
     """AdamW that decays only the matrices (linear weights, embeddings): decaying biases and
     LayerNorm gains would only pull them towards 0 for no benefit."""
-    params = [p for p in model.parameters() if p.requires_grad]  # tied weights appear once
+    params = [p for p in params if p.requires_grad]  # model.parameters() lists a tied weight once
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
@@ -191,16 +191,10 @@ def make_optimizer(model: GPT, cfg: TrainConfig, device_type: str):
 def make_optimizers(model: GPT, cfg: TrainConfig, device_type: str) -> list:
     """[AdamW] or, with optimizer=muon, [Muon for the blocks' 2-D weights, AdamW for the rest]."""
     if cfg.optimizer == "adamw":
-        opts = [make_optimizer(model, cfg, device_type)]
-    else:
-        hidden, rest = split_params_for_muon(model)
-        muon = Muon(hidden, lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay)
-        adamw_groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-                        {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
-        adamw = torch.optim.AdamW([g for g in adamw_groups if g["params"]], lr=cfg.learning_rate,
-                                  betas=(cfg.beta1, cfg.beta2), fused=device_type == "cuda")
-        opts = [muon, adamw]
-    return opts
+        return [make_optimizer(model.parameters(), cfg, device_type)]
+    hidden, rest = split_params_for_muon(model)
+    muon = Muon(hidden, lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay)
+    return [muon, make_optimizer(rest, cfg, device_type)]
 
 
 def stream_seed(seed: int, name: str, k: int = 0) -> int:
@@ -511,7 +505,7 @@ def train(argv, rank, world, local_rank, ddp, master, say, stopper) -> int:
         out = {}
         if val_windows is not None:
             out["val"] = full_val_loss()
-        for split in ("train", "val")[:1 if val_windows is not None else 2]:
+        for split in ["train"] if val_windows is not None else ["train", "val"]:
             loader = BatchLoader(data_dir / f"{split}.bin", cfg.block_size, cfg.batch_size,
                                  device=device, seed=stream_seed(cfg.seed, f"eval-{split}"))
             total = torch.zeros((), device=device, dtype=torch.float64)

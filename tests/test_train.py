@@ -132,7 +132,7 @@ def test_lr_schedule():
 def test_weight_decay_only_on_matrices():
     from model import GPT, GPTConfig
     m = GPT(GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=8, bias=True))
-    opt = train.make_optimizer(m, train.TrainConfig(weight_decay=0.1), "cpu")
+    opt = train.make_optimizer(m.parameters(), train.TrainConfig(weight_decay=0.1), "cpu")
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
