@@ -83,26 +83,22 @@ class GPT(nn.Module):
             # weight tying: the same matrix reads tokens in and scores them out (fewer
             # parameters, and it trains better at GPT-2's scale)
             self.lm_head.weight = self.wte.weight
-        else:
-            self.lm_head.residual_out = True  # an untied head is an output too: zero_init covers it
         self.apply(self._init_weights)
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
-            std = 0.02
-            if getattr(module, "residual_out", False) and self.config.zero_init:
+            residual = getattr(module, "residual_out", False)
+            untied_head = module is self.lm_head and not self.config.tie_embeddings
+            if self.config.zero_init and (residual or untied_head):
                 # each block starts as the identity and the head predicts uniformly; gradients
                 # still flow, since the inputs of these layers are not zero
                 nn.init.zeros_(module.weight)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
                 return
-            if module is self.lm_head:
-                pass  # an untied head keeps the plain 0.02 init
-            elif getattr(module, "residual_out", False):
-                # every block adds two outputs to the residual stream; shrinking them by
-                # 1/sqrt(2 * n_layer) keeps the stream's variance from growing with depth (GPT-2)
-                std = 0.02 / math.sqrt(2 * self.config.n_layer)
+            # every block adds two outputs to the residual stream; shrinking them by
+            # 1/sqrt(2 * n_layer) keeps the stream's variance from growing with depth (GPT-2)
+            std = 0.02 / math.sqrt(2 * self.config.n_layer) if residual else 0.02
             nn.init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
