@@ -23,14 +23,16 @@ from typing import Literal
 
 import torch
 
-from configs import ConfigError, parse_config
+from common.device import resolve_device, resolve_dtype
+from common.errors import ConfigError, UserError
+from configs import parse_config
 from data import DataError, tokenizer_from_dict
-from model.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from model.checkpoint import load_run
 from model.fast_decode import StaticDecoder
 from model.generate import decode
+from viz.attention_page import write_attention_page
 
 SEPARATOR = "---------------"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -46,15 +48,11 @@ class SampleConfig:
     top_p: float | None = None       # nucleus: the likeliest tokens holding this much probability, in (0, 1]
     seed: int = 1337                 # same seed, same settings: same text
     device: str = "auto"             # auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bfloat16 on CUDA if supported, else float32
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bfloat16 on GPUs that compute it natively, float16 on older GPUs, float32 elsewhere
     use_cache: bool = True           # false: recompute the whole context for every token (slow reference)
     fast: Literal["auto", "true", "false"] = "auto"  # static cache + CUDA graph; auto = on CUDA only
     compile: bool = False            # torch.compile the fast decode step (faster steps, slow start)
-    attention_html: str | None = None  # also write the attention page (issue 6) for the first sample here
-
-
-class SampleError(Exception):
-    """A setting or input the user can fix; the message says how."""
+    attention_html: str | None = None  # also write the attention page of the first sample to this file
 
 
 # -----------------------------------------------------------------------------
@@ -63,82 +61,27 @@ class SampleError(Exception):
 def check_settings(cfg: SampleConfig):
     """Nonsense values stop here, before anything is loaded."""
     if cfg.max_new_tokens < 0:
-        raise SampleError(f"--max_new_tokens={cfg.max_new_tokens}: must be >= 0")
+        raise ConfigError(f"--max_new_tokens={cfg.max_new_tokens}: must be >= 0")
     if cfg.num_samples < 1:
-        raise SampleError(f"--num_samples={cfg.num_samples}: must be >= 1")
+        raise ConfigError(f"--num_samples={cfg.num_samples}: must be >= 1")
     if not cfg.temperature >= 0 or cfg.temperature == float("inf"):  # also catches nan
-        raise SampleError(f"--temperature={cfg.temperature}: must be a finite number >= 0 (0 = greedy)")
+        raise ConfigError(f"--temperature={cfg.temperature}: must be a finite number >= 0 (0 = greedy)")
     if cfg.top_k is not None and cfg.top_k < 1:
-        raise SampleError(f"--top_k={cfg.top_k}: must be >= 1, or none to sample from every token")
+        raise ConfigError(f"--top_k={cfg.top_k}: must be >= 1, or none to sample from every token")
     if cfg.top_p is not None and not 0.0 < cfg.top_p <= 1.0:
-        raise SampleError(f"--top_p={cfg.top_p}: must be in (0, 1], e.g. 0.9, or none to turn it off")
+        raise ConfigError(f"--top_p={cfg.top_p}: must be in (0, 1], e.g. 0.9, or none to turn it off")
     if cfg.prompt and cfg.prompt_file:
-        raise SampleError("give --prompt or --prompt_file, not both")
+        raise ConfigError("give --prompt or --prompt_file, not both")
     if cfg.compile and (not cfg.use_cache or cfg.fast == "false"):
-        raise SampleError("--compile compiles the fast cached decode step; it does nothing with "
+        raise ConfigError("--compile compiles the fast cached decode step; it does nothing with "
                           "--use_cache=false or --fast=false: drop one of them")
     if cfg.attention_html is not None and Path(cfg.attention_html).is_dir():
-        raise SampleError(f"--attention_html={cfg.attention_html} is a folder; give a file path, "
+        raise ConfigError(f"--attention_html={cfg.attention_html} is a folder; give a file path, "
                           f"e.g. {Path(cfg.attention_html) / 'attention.html'}")
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise SampleError(f"--device={name}: not a device; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SampleError(f"--device={name}, but this machine has no CUDA GPU (or this torch has no "
-                          f"CUDA support); use --device=cpu or --device=auto")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise SampleError(f"--device={name}, but there are only {torch.cuda.device_count()} CUDA devices")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise SampleError(f"--device={name}, but MPS is not available here; use --device=cpu or auto")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise SampleError(f"--device={name}: use auto, cpu, cuda, cuda:N or mps")
-    return device
-
-
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    return DTYPES[name]
-
-
 # -----------------------------------------------------------------------------
-# loading
-
-def load(cfg: SampleConfig, device, dtype):
-    """The model and tokenizer stored in the checkpoint, and nothing else."""
-    out_dir = Path(cfg.out_dir)
-    if not out_dir.is_dir():
-        raise SampleError(f"--out_dir={cfg.out_dir} does not exist: train first "
-                          f"(python train.py --out_dir={cfg.out_dir}) or point at a training run's folder")
-    path = out_dir / cfg.ckpt
-    if not path.is_file():
-        found = sorted(p.name for p in out_dir.glob("*.pt"))
-        hint = f"it has {', '.join(found)}: pick one with --ckpt=NAME" if found else \
-            "it has no checkpoints yet: train first, or wait for the first evaluation to save one"
-        raise SampleError(f"no checkpoint {cfg.ckpt} in {out_dir}; {hint}")
-    ckpt = load_checkpoint(path)  # weights_only: opening it cannot run code
-    if "tokenizer" not in ckpt:
-        raise SampleError(f"{path} has no tokenizer stored in it, so its tokens cannot be turned "
-                          f"into text; sample from a checkpoint written by train.py")
-    tokenizer = tokenizer_from_dict(ckpt["tokenizer"])
-    model = model_from_checkpoint(ckpt, device)
-    # inference only: cast the weights themselves (no autocast), so k and v, and the cache
-    # that stores them, are computed in this dtype
-    model = model.to(dtype).eval()
-    return model, tokenizer
-
+# the prompt
 
 def read_prompt(cfg: SampleConfig, tokenizer) -> tuple[str, list[int]]:
     """(text to echo, token ids). An empty prompt starts from a newline, as nanoGPT does."""
@@ -147,14 +90,14 @@ def read_prompt(cfg: SampleConfig, tokenizer) -> tuple[str, list[int]]:
         try:
             text = Path(cfg.prompt_file).read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise SampleError(f"--prompt_file={cfg.prompt_file} does not exist") from None
+            raise ConfigError(f"--prompt_file={cfg.prompt_file} does not exist") from None
         except (OSError, UnicodeDecodeError) as e:
-            raise SampleError(f"--prompt_file={cfg.prompt_file} cannot be read as UTF-8 text: {e}") from None
+            raise ConfigError(f"--prompt_file={cfg.prompt_file} cannot be read as UTF-8 text: {e}") from None
     if text:
         try:
             return text, tokenizer.encode(text)
         except DataError as e:
-            raise SampleError(f"the prompt cannot be encoded: {e}") from None
+            raise UserError(f"the prompt cannot be encoded: {e}") from None
     # no prompt: the model needs one token to start from; a newline is the natural start of a
     # text, and any tokenizer without one (a char vocabulary lacking it) starts from token 0
     try:
@@ -203,16 +146,9 @@ def sample(cfg: SampleConfig, out=None, err=None) -> list[list[int]]:
     """Generate and print (to stdout and stderr by default); returns each sample's new token ids."""
     out, err = out or sys.stdout, err or sys.stderr
     check_settings(cfg)
-    device = pick_device(cfg.device)
-    dtype = pick_dtype(cfg.dtype, device)
-    page = None
-    if cfg.attention_html is not None:  # fail now, not after the samples are generated
-        try:
-            from model import attention_page as page
-        except ImportError:
-            raise SampleError("--attention_html needs model/attention_page.py (issue 6), which this "
-                              "checkout does not have yet; drop the flag") from None
-    model, tokenizer = load(cfg, device, dtype)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    model, tokenizer = load_run(cfg.out_dir, device=device, ckpt=cfg.ckpt, dtype=dtype)
     prompt_text, prompt_ids = read_prompt(cfg, tokenizer)
     bs = model.config.block_size
     idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)           # (1, T)
@@ -249,14 +185,14 @@ def sample(cfg: SampleConfig, out=None, err=None) -> list[list[int]]:
     setup = f", setup {setup_s:.2f} s" if setup_s else ""
     print(f"decode: {path} on {device}, {str(dtype).removeprefix('torch.')}{setup}", file=err)
 
-    if page is not None:
+    if cfg.attention_html is not None:
         metrics = Path(cfg.out_dir) / "metrics.jsonl"
         try:
-            page.write_attention_page(cfg.attention_html, model, tokenizer, prompt_ids + rows[0],
-                                      metrics_path=metrics if metrics.is_file() else None,
-                                      prompt_len=len(prompt_ids))
-        except page.AttentionPageError as e:
-            raise SampleError(f"--attention_html: {e} (the samples above are complete)") from None
+            write_attention_page(cfg.attention_html, model, tokenizer, prompt_ids + rows[0],
+                                 metrics_path=metrics if metrics.is_file() else None,
+                                 prompt_len=len(prompt_ids))
+        except UserError as e:
+            raise UserError(f"--attention_html: {e} (the samples above are complete)") from None
         print(f"attention page: {cfg.attention_html}", file=err)
     return rows
 
@@ -266,7 +202,7 @@ def main(argv=None) -> int:
         cfg = parse_config(SampleConfig, sys.argv[1:] if argv is None else argv, prog="sample.py",
                            description=__doc__.split("\n\n")[0])
         sample(cfg)
-    except (ConfigError, SampleError, CheckpointError, DataError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # `python sample.py | head`: the reader has what it wanted

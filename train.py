@@ -48,8 +48,8 @@ from configs import ConfigError, build, load_config_file, read_args
 from data import BatchLoader, DataError, load_meta, prepare, tokenizer_from_dict
 from model import GPT, GPTConfig
 from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from model.muon import Muon, split_params_for_muon
-from model.config import ConfigError as ModelConfigError
+from training.muon import Muon
+from common.errors import UserError
 
 
 @dataclass
@@ -192,8 +192,9 @@ def make_optimizers(model: GPT, cfg: TrainConfig, device_type: str) -> list:
     """[AdamW] or, with optimizer=muon, [Muon for the blocks' 2-D weights, AdamW for the rest]."""
     if cfg.optimizer == "adamw":
         return [make_optimizer(model.parameters(), cfg, device_type)]
-    hidden, rest = split_params_for_muon(model)
-    muon = Muon(hidden, lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay)
+    roles = model.parameters_by_role()
+    rest = roles["embeddings"] + roles["head"] + roles["gains"]
+    muon = Muon(roles["matrices"], lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay)
     return [muon, make_optimizer(rest, cfg, device_type)]
 
 
@@ -392,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     stopper = Stopper()
     try:
         return train(argv, rank, world, local_rank, ddp, master, say, stopper)
-    except (ConfigError, ModelConfigError, DataError, CheckpointError) as e:
+    except UserError as e:
         return error(e) if master else 1
     except KeyboardInterrupt:
         say("\nstopped at once without saving; the latest checkpoint is still in out_dir", file=sys.stderr)

@@ -27,13 +27,11 @@ import types
 import typing
 from pathlib import Path
 
+from common.errors import ConfigError
+
 CONFIG_DIR = Path(__file__).resolve().parent
 TRUE = ("true", "1", "yes", "on")
 FALSE = ("false", "0", "no", "off")
-
-
-class ConfigError(Exception):
-    """A setting the user got wrong; the message says what to write instead."""
 
 
 # -----------------------------------------------------------------------------

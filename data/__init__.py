@@ -10,8 +10,10 @@ data: corpora, tokenizers and a batch loader for qkvgpt.
 Command line: python -m data prepare --help
 """
 
+from common.errors import UserError
 
-class DataError(Exception):
+
+class DataError(UserError):
     """A problem the user can fix (bad path, bad text, offline, ...). The message names the fix;
     command-line tools print it and exit 1, without a traceback."""
 

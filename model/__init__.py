@@ -1,10 +1,12 @@
-"""A minimal GPT. Read in this order: config.py, attention.py, kv_cache.py, gpt.py, generate.py."""
+"""A minimal GPT. Read in this order: config.py, attention.py, kv_cache.py, gpt.py, generate.py;
+then fast_decode.py (decoding on a GPU) and checkpoint.py (saving, loading, load_run)."""
 
 from .attention import CausalSelfAttention, attention, causal_mask, causal_softmax, sdpa_attention
 from .config import ConfigError, GPTConfig
 from .generate import decode, generate, generate_stream, sample_next
 from .gpt import GPT
 from .kv_cache import KVCache
+from .checkpoint import load_run
 
 __all__ = ["GPT", "GPTConfig", "ConfigError", "KVCache", "CausalSelfAttention", "attention",
-           "causal_mask", "causal_softmax", "sdpa_attention", "decode", "generate", "generate_stream", "sample_next"]
+           "causal_mask", "causal_softmax", "sdpa_attention", "decode", "generate", "generate_stream", "sample_next", "load_run"]

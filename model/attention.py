@@ -111,7 +111,6 @@ class CausalSelfAttention(nn.Module):
         self.k_proj = nn.Linear(C, self.n_kv_head * hs, bias=config.bias)
         self.v_proj = nn.Linear(C, self.n_kv_head * hs, bias=config.bias)
         self.o_proj = nn.Linear(self.n_head * hs, C, bias=config.bias)  # W_O
-        self.o_proj.residual_out = True  # flagged for the scaled init in GPT._init_weights
         self.resid_drop = nn.Dropout(config.dropout)
 
     def forward(self, x, rotary=None, cache=None, layer: int = 0, attn_out: list | None = None):

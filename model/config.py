@@ -6,9 +6,7 @@ Every number that decides a tensor's shape lives here, so a checkpoint can store
 
 from dataclasses import dataclass, fields
 
-
-class ConfigError(ValueError):
-    """A model configuration that cannot work; the message says which value to change."""
+from common.errors import ConfigError
 
 
 @dataclass

@@ -39,7 +39,6 @@ class MLP(nn.Module):
         super().__init__()
         self.fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
-        self.proj.residual_out = True
         self.act = config.mlp_act
         self.drop = nn.Dropout(config.dropout)
 
@@ -83,27 +82,58 @@ class GPT(nn.Module):
             # weight tying: the same matrix reads tokens in and scores them out (fewer
             # parameters, and it trains better at GPT-2's scale)
             self.lm_head.weight = self.wte.weight
-        self.apply(self._init_weights)
+        self._init_weights()
 
-    def _init_weights(self, module):
-        if isinstance(module, nn.Linear):
-            residual = getattr(module, "residual_out", False)
-            untied_head = module is self.lm_head and not self.config.tie_embeddings
-            if self.config.zero_init and (residual or untied_head):
-                # each block starts as the identity and the head predicts uniformly; gradients
-                # still flow, since the inputs of these layers are not zero
-                nn.init.zeros_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-                return
-            # every block adds two outputs to the residual stream; shrinking them by
-            # 1/sqrt(2 * n_layer) keeps the stream's variance from growing with depth (GPT-2)
-            std = 0.02 / math.sqrt(2 * self.config.n_layer) if residual else 0.02
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
+    def _init_weights(self):
+        """GPT-2's initialisation, each weight named. Every block adds two outputs to the
+        residual stream (attention's W_O and the MLP's down projection); scaling their init by
+        1/sqrt(2 * n_layer) keeps the stream's variance from growing with depth. With zero_init
+        those two, and an untied head, start at exactly zero instead: each block starts as the
+        identity and the head predicts uniformly (gradients still flow: their inputs are not 0)."""
+        cfg = self.config
+        std, resid_std = 0.02, 0.02 / math.sqrt(2 * cfg.n_layer)
+        nn.init.normal_(self.wte.weight, std=std)
+        if self.wpe is not None:
+            nn.init.normal_(self.wpe.weight, std=std)
+        for block in self.blocks:
+            attn, mlp = block.attn, block.mlp
+            residual_outputs = (attn.o_proj, mlp.proj)
+            for linear in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.fc, mlp.proj):
+                if linear not in residual_outputs:
+                    nn.init.normal_(linear.weight, std=std)
+                elif cfg.zero_init:
+                    nn.init.zeros_(linear.weight)
+                else:
+                    nn.init.normal_(linear.weight, std=resid_std)
+        if cfg.zero_init and not cfg.tie_embeddings:
+            nn.init.zeros_(self.lm_head.weight)
+        else:  # tied, this is the token table drawn once more: kept so seeded runs stay as they were
+            nn.init.normal_(self.lm_head.weight, std=std)
+        for module in self.modules():  # biases start at 0 (norm gains keep their 1)
+            if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def parameters_by_role(self) -> dict[str, list]:
+        """Every trainable parameter once, by what it does, so an optimizer can treat each role
+        its own way (training/optim.py):
+            matrices    the blocks' 2-D weights: linear maps of the hidden state (q, k, v, o, MLP)
+            embeddings  the token table (which is also the head when tied) and the position table
+            head        the untied output head (empty when tied)
+            gains       norm gains and every bias: 1-D vectors"""
+        roles = {"matrices": [], "embeddings": [], "head": [], "gains": []}
+        embeddings = [self.wte.weight] + ([self.wpe.weight] if self.wpe is not None else [])
+        for p in self.parameters():  # a tied weight is listed once
+            if not p.requires_grad:
+                continue
+            if any(p is e for e in embeddings):
+                roles["embeddings"].append(p)
+            elif p is self.lm_head.weight:
+                roles["head"].append(p)
+            elif p.dim() < 2:
+                roles["gains"].append(p)
+            else:
+                roles["matrices"].append(p)
+        return roles
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; by default without the position table (the token table is

@@ -1,4 +1,4 @@
-"""The attention page (model/attention_page.py) without a browser: the weights it embeds are
+"""The attention page (viz/attention_page.py) without a browser: the weights it embeds are
 the model's own, the window and the caps are said on the page, the loss curve comes from the
 metrics log, the page is self-contained, and bad input gets a clear error."""
 
@@ -15,10 +15,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import model.attention_page as ap
+import viz.attention_page as ap
+import viz.loss_plot as lp
 from data import tokenizer_from_dict
 from model import GPT, GPTConfig, causal_mask
-from model.attention_page import AttentionPageError, SCALE, read_metrics, write_attention_page
+from viz.attention_page import AttentionPageError, SCALE, read_metrics, write_attention_page
 from model.checkpoint import save_checkpoint
 
 TEXT = "To be, or not to be: that is"  # 28 characters, inside block_size 32
@@ -247,10 +248,10 @@ def test_rewriting_replaces_the_page_and_leaves_no_temp_files(tmp_path):
 
 
 def test_nice_ticks_cover_the_range_with_round_steps():
-    assert ap.nice_ticks(0, 1000) == [0, 200, 400, 600, 800, 1000]
-    ticks = ap.nice_ticks(1.37, 4.21)
+    assert lp.nice_ticks(0, 1000) == [0, 200, 400, 600, 800, 1000]
+    ticks = lp.nice_ticks(1.37, 4.21)
     assert ticks[0] <= 1.37 and ticks[-1] >= 4.21 and len(ticks) <= 8
-    assert ap.nice_ticks(3.0, 3.0)[0] <= 3.0 <= ap.nice_ticks(3.0, 3.0)[-1]
+    assert lp.nice_ticks(3.0, 3.0)[0] <= 3.0 <= lp.nice_ticks(3.0, 3.0)[-1]
 
 
 # -----------------------------------------------------------------------------

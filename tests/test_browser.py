@@ -19,7 +19,7 @@ import torch
 
 from data import tokenizer_from_dict
 from model import GPT, GPTConfig
-from model.attention_page import SCALE, write_attention_page
+from viz.attention_page import SCALE, write_attention_page
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 TOL = 0.5 / SCALE + 1e-6          # the page stores weights rounded to 1/SCALE

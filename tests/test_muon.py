@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from model import GPT, GPTConfig
-from model.muon import Muon, orthogonalize, split_params_for_muon
+from training.muon import Muon, orthogonalize
 
 
 @pytest.mark.parametrize("shape", [(64, 16), (16, 64), (32, 32)])
@@ -21,25 +21,33 @@ def test_orthogonalize_flattens_the_spectrum(shape):
     assert s.max() / s[: k // 2].min() < 2.0          # was 1e5 / 10 before
 
 
-def test_split_params_for_muon():
+def split(m):
+    roles = m.parameters_by_role()
+    return roles["matrices"], roles["embeddings"] + roles["head"] + roles["gains"]
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_parameters_by_role(tie):
     m = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32, bias=True,
-                      tie_embeddings=False))
-    muon, adamw = split_params_for_muon(m)
-    assert all(p.dim() == 2 for p in muon)
-    ids = {id(p) for p in muon}
-    for name in ("wte.weight", "wpe.weight", "lm_head.weight"):
-        assert id(dict(m.named_parameters())[name]) not in ids  # no embedding or head to Muon
-    assert not any(p.dim() < 2 for p in muon)                 # no gain or bias to Muon
-    assert len(muon) == 2 * 6                                 # q, k, v, o, fc, proj per block
-    assert len(muon) + len(adamw) == len(list(m.parameters()))
+                      tie_embeddings=tie))
+    roles = m.parameters_by_role()
+    named = dict(m.named_parameters())
+    ids = {role: {id(p) for p in ps} for role, ps in roles.items()}
+    assert ids["embeddings"] == {id(named["wte.weight"]), id(named["wpe.weight"])}
+    assert ids["head"] == (set() if tie else {id(named["lm_head.weight"])})
+    assert all(p.dim() == 2 for p in roles["matrices"])
+    assert len(roles["matrices"]) == 2 * 6                   # q, k, v, o, fc, proj per block
+    assert all(p.dim() == 1 for p in roles["gains"])         # norm gains and biases
+    every = [id(p) for ps in roles.values() for p in ps]
+    assert sorted(every) == sorted(id(p) for p in m.parameters())  # each parameter exactly once
     with pytest.raises(ValueError, match="2-D"):
-        Muon(adamw)
+        Muon(roles["gains"])
 
 
 def test_muon_trains():
     torch.manual_seed(0)
     m = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32))
-    muon, adamw = split_params_for_muon(m)
+    muon, adamw = split(m)
     opts = [Muon(muon, lr=0.02), torch.optim.AdamW(adamw, lr=3e-3)]
     x = torch.randint(0, 50, (8, 17))
     losses = []

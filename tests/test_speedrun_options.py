@@ -11,7 +11,7 @@ import torch
 import train
 from model import GPT, GPTConfig
 from model.checkpoint import load_checkpoint, model_from_checkpoint
-from model.muon import Muon
+from training.muon import Muon
 from tests.test_train import ROOT, corpus, losses, records, tiny  # noqa: F401 (corpus is a fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

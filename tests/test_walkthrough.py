@@ -67,7 +67,8 @@ def test_every_pointer_exists():
     assert links, "no file links found"
     for link in links:
         assert (REPO / link).is_file(), f"walkthrough links to {link}, which does not exist"
-    code = "\n".join(p.read_text(encoding="utf-8") for pattern in ("model/*.py", "data/*.py", "*.py")
+    sources = ("common", "data", "model", "training", "viz")
+    code = "\n".join(p.read_text(encoding="utf-8") for pattern in [f"{d}/*.py" for d in sources] + ["*.py"]
                      for p in REPO.glob(pattern))
     names = set(re.findall(r"`(?:\w+\.)?(\w+)\(\)`", text))
     assert len(names) >= 12

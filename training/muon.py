@@ -6,8 +6,9 @@ largest singular directions dominate. Muon replaces M by the nearest semi-orthog
 learn as fast as common ones. U V^T is approximated by five Newton-Schulz iterations, which
 are only matmuls (K. Jordan et al., 2024, "Muon: an optimizer for hidden layers").
 
-Only for 2-D weights inside the blocks; embeddings, the head and gains stay with AdamW
-(split_params_for_muon below).
+Only for the blocks' matrices (GPT.parameters_by_role()["matrices"]); embeddings, the head and
+gains stay with AdamW: embeddings are lookups, not linear maps of a hidden state, and the head's
+rows are per-token scores, so orthogonalising their updates does not fit them.
 
 Why not torch.optim.Muon (PyTorch >= 2.9)? It runs Newton-Schulz in bfloat16 always, which is
 fast on a GPU but ~20x slower than float32 on a CPU without bf16 units; here the iteration runs
@@ -62,16 +63,3 @@ class Muon(torch.optim.Optimizer):
                 if wd:
                     p.mul_(1 - lr * wd)
                 p.add_(update.to(p.dtype), alpha=-lr * scale)
-
-
-def split_params_for_muon(model):
-    """(muon_params, adamw_params): Muon gets the 2-D weights inside the transformer blocks;
-    AdamW gets everything else (token/position embeddings, the head, norm gains, biases).
-    Embeddings are lookups, not linear maps of a hidden state, and the head's rows are
-    per-token scores: orthogonalising their updates does not fit them."""
-    muon, adamw = [], []
-    for name, p in model.named_parameters():  # a tied weight is listed once
-        if not p.requires_grad:
-            continue
-        (muon if p.dim() == 2 and name.startswith("blocks.") else adamw).append(p)
-    return muon, adamw

@@ -1,0 +1,1 @@
+"""Training: everything train.py needs besides the model and the data."""

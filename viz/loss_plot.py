@@ -1,0 +1,65 @@
+"""A loss curve as a static SVG: train and val loss against the step, with round-numbered axes.
+
+    loss_svg(train, evals) -> str    train: [(iter, loss)], evals: [(iter, train_loss, val_loss)]
+
+train.py writes it to out_dir/loss.svg at every evaluation, and the attention page embeds it.
+Plain SVG, no scripts: it opens in any browser, from disk.
+"""
+
+import html
+import math
+
+
+def nice_ticks(lo: float, hi: float, n: int = 5) -> list:
+    """About n round-numbered ticks (steps of 1, 2 or 5 x 10^k) covering [lo, hi]."""
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    raw = (hi - lo) / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
+    start = math.floor(lo / step) * step
+    count = math.ceil((hi - start) / step - 1e-9)
+    return [start + k * step for k in range(count + 1)]
+
+
+def loss_svg(train, evals, width=640, height=260) -> str:
+    """Train loss (every logged step) and the eval's train/val loss against iteration."""
+    series = [("train loss (each log step)", "#7aa6d8", 1.2, [(i, l) for i, l in train]),
+              ("train loss (eval)", "#1f4e9c", 2, [(i, a) for i, a, _ in evals]),
+              ("val loss (eval)", "#e0701b", 2, [(i, b) for i, _, b in evals])]
+    series = [(name, c, sw, [(x, y) for x, y in pts if math.isfinite(y)]) for name, c, sw, pts in series]
+    series = [s for s in series if s[3]]
+    pts = [p for s in series for p in s[3]]
+    if not pts:
+        return ""
+    xt = nice_ticks(min(x for x, _ in pts), max(x for x, _ in pts))
+    yt = nice_ticks(min(y for _, y in pts), max(y for _, y in pts))
+    left, right, top, bottom = 52, 16, 14, 40
+    pw, ph = width - left - right, height - top - bottom
+
+    def sx(x):
+        return left + (x - xt[0]) / (xt[-1] - xt[0]) * pw
+
+    def sy(y):
+        return top + (yt[-1] - y) / (yt[-1] - yt[0]) * ph
+
+    out = [f'<svg id="loss-svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+           f'role="img" aria-label="loss against iteration">']
+    for y in yt:
+        out.append(f'<line x1="{left}" x2="{left + pw}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" class="grid"/>'
+                   f'<text x="{left - 6}" y="{sy(y) + 4:.1f}" text-anchor="end">{y:.4g}</text>')
+    for x in xt:
+        out.append(f'<line x1="{sx(x):.1f}" x2="{sx(x):.1f}" y1="{top}" y2="{top + ph}" class="grid"/>'
+                   f'<text x="{sx(x):.1f}" y="{top + ph + 16}" text-anchor="middle">{x:,.6g}</text>')
+    out.append(f'<text x="{left + pw / 2}" y="{height - 4}" text-anchor="middle">iteration</text>'
+               f'<text x="12" y="{top + ph / 2}" text-anchor="middle" '
+               f'transform="rotate(-90 12 {top + ph / 2})">loss</text>')
+    for name, colour, sw, s in series:
+        step = max(1, len(s) // 2000)  # a long run's log thins out to ~2000 points per line
+        s = s[::step] + ([s[-1]] if (len(s) - 1) % step else [])
+        xy = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in s)
+        out.append(f'<polyline points="{xy}" fill="none" stroke="{colour}" stroke-width="{sw}" '
+                   f'data-series="{html.escape(name)}"><title>{html.escape(name)}</title></polyline>')
+        if len(s) <= 60 and "eval" in name:
+            out += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{colour}"/>' for x, y in s]
+    return "\n".join(out) + "\n</svg>"
