@@ -43,6 +43,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.files import atomic_write
 from . import DataError  # defined in __init__ before this module is imported
 
 TINY_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -140,29 +141,21 @@ def shakespeare():
 # tinyshakespeare: download or local copy, checksum verified
 
 def download(url, dest, sha256, timeout=30.0):
-    """Fetch url to dest via a temp file in the same folder; rename only if the checksum matches,
-    so a failed or corrupt download never leaves a half-written dest behind."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
-    try:
+    """Fetch url to dest atomically, keeping it only if the checksum matches: a failed or
+    corrupt download never leaves a half-written dest behind."""
+    def fetch(f):
         h = hashlib.sha256()
-        with open(tmp, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as r:
-            while chunk := r.read(1 << 20):
-                h.update(chunk)
-                f.write(chunk)
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as r:
+                while chunk := r.read(1 << 20):
+                    h.update(chunk)
+                    f.write(chunk)
+        except Exception as e:  # URLError, timeouts, HTTP errors, a cut connection: all mean "no file"
+            raise DataError(f"could not download {url} ({e})") from None
         if h.hexdigest() != sha256:
             raise DataError(f"download from {url} has sha256 {h.hexdigest()}, expected {sha256}; "
                             "the file is corrupt or changed upstream, so it was discarded")
-        os.replace(tmp, dest)
-    except DataError:
-        raise
-    except Exception as e:  # URLError, timeouts, HTTP errors, disk errors: all mean "no file"
-        raise DataError(f"could not download {url} ({e})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return dest
+    return atomic_write(dest, fetch)
 
 
 def tinyshakespeare(source=None, cache_dir=None, url=None, sha256=None):
@@ -182,10 +175,7 @@ def tinyshakespeare(source=None, cache_dir=None, url=None, sha256=None):
         raise DataError(f"{where} is not Tiny Shakespeare (sha256 {sha256_text(text)}, expected "
                         f"{sha256}); pass an unmodified copy of {TINY_URL} with --source=PATH")
     if source is not None and not cached.exists():  # keep the verified copy: later runs need no --source
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(f".{cached.name}.{os.getpid()}.part")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, cached)
+        atomic_write(cached, text)
     train, val = split_tail(text)
     return Corpus("tinyshakespeare", where, train, val,
                   "first 90% of characters train, last 10% val (as nanoGPT)", sha256)

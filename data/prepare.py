@@ -12,7 +12,6 @@ Calling prepare() again with the same request and unchanged text returns at once
 """
 
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from common.files import atomic_write
 from . import DataError
 from .corpora import load_corpus
 from .tokenizers import KINDS, check_bpe_vocab, check_kind
@@ -64,17 +64,6 @@ def pick_dtype(vocab_size, dtype=None):
         raise DataError(f"a vocabulary of {vocab_size} tokens does not fit in {dtype} "
                         f"(at most {np.iinfo(DTYPES[dtype]).max + 1}); use uint32 or leave dtype unset")
     return dtype
-
-
-def atomic_write(path, data):
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder, so the rename is atomic
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def load_meta(dir):
