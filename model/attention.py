@@ -97,8 +97,11 @@ class Rotary(nn.Module):
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config):
+    def __init__(self, config, layer: int = 0):
         super().__init__()
+        self.layer = layer          # which slice of a KV cache is this layer's
+        self.keep_weights = False   # set by GPT.attention_maps: run the explicit path, keep its weights
+        self.weights = None         # (B, nh, T, T_k) from the last forward, when keep_weights
         self.n_head = config.n_head
         self.n_kv_head = config.n_kv_head
         self.head_size = config.head_size
@@ -113,10 +116,9 @@ class CausalSelfAttention(nn.Module):
         self.o_proj = nn.Linear(self.n_head * hs, C, bias=config.bias)  # W_O
         self.resid_drop = nn.Dropout(config.dropout)
 
-    def forward(self, x, rotary=None, cache=None, layer: int = 0, attn_out: list | None = None):
+    def forward(self, x, rotary=None, cache=None):
         """x: (B, T, C). With a cache, x holds only the new tokens, which sit at positions
-        cache.pos .. cache.pos+T-1, and their keys and values are appended to the cache.
-        If attn_out is a list, the explicit path runs and appends its weights (B, nh, T, T_k)."""
+        cache.pos .. cache.pos+T-1, and their keys and values are appended to the cache."""
         B, T, C = x.size()
         pos = cache.pos if cache is not None else 0
         # project, then split the channels into heads: (B, T, nh*hs) -> (B, nh, T, hs)
@@ -132,17 +134,16 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             # past keys and values never change (earlier tokens cannot see later ones), so
             # they are stored once and reused: (B, nkv, pos+T, hs)
-            k, v = cache.update(layer, k, v)
+            k, v = cache.update(self.layer, k, v)
         # GQA: each group of n_head / n_kv_head query heads shares one key/value head
         groups = self.n_head // self.n_kv_head
         if groups > 1:
             k = k.repeat_interleave(groups, dim=1)                # (B, nh, T_k, hs)
             v = v.repeat_interleave(groups, dim=1)
         p = self.dropout if self.training else 0.0
-        if attn_out is not None or self.impl == "explicit":
+        if self.keep_weights or self.impl == "explicit":
             y, w = attention(q, k, v, dropout_p=p, return_weights=True)
-            if attn_out is not None:
-                attn_out.append(w)
+            self.weights = w if self.keep_weights else None
         else:
             y = sdpa_attention(q, k, v, dropout_p=p)
         # concatenate the heads back side by side: (B, nh, T, hs) -> (B, T, nh*hs), then W_O

@@ -49,15 +49,15 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config):
+    def __init__(self, config, layer: int):
         super().__init__()
         self.ln_1 = make_norm(config)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, layer)
         self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, rotary=None, cache=None, layer=0, attn_out=None):
-        x = x + self.attn(self.ln_1(x), rotary, cache, layer, attn_out)  # residual keeps the signal
+    def forward(self, x, rotary=None, cache=None):
+        x = x + self.attn(self.ln_1(x), rotary, cache)  # the residual stream carries the signal on
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -75,7 +75,7 @@ class GPT(nn.Module):
             self.rotary = Rotary(config.head_size, config.block_size, config.rope_base)
         self.ln_e = make_norm(config) if config.embed_norm else nn.Identity()
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.blocks = nn.ModuleList([Block(config, layer) for layer in range(config.n_layer)])
         self.ln_f = make_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
@@ -143,14 +143,12 @@ class GPT(nn.Module):
             n -= self.wpe.weight.numel()
         return n
 
-    def forward(self, idx, targets=None, *, cache: KVCache | None = None, last_only: bool = False,
-                attn_out: list | None = None):
+    def forward(self, idx, targets=None, *, cache: KVCache | None = None, last_only: bool = False):
         """idx: (B, T) token ids. Returns (logits, loss).
 
         targets (B, T): next-token ids; the loss is their mean cross-entropy (-1 = ignore).
         cache: decode incrementally; idx holds only the new tokens, at positions cache.pos...
         last_only: compute logits for the last position only, (B, 1, V) (generation needs no more).
-        attn_out: a list that receives each layer's attention weights (B, nh, T, T_k).
         """
         B, T = idx.size()
         pos = cache.pos if cache is not None else 0
@@ -163,8 +161,8 @@ class GPT(nn.Module):
         if self.wpe is not None:
             x = x + self.wpe(torch.arange(pos, pos + T, device=idx.device))    # (T, C) broadcast
         x = self.drop(self.ln_e(x))
-        for i, block in enumerate(self.blocks):
-            x = block(x, self.rotary, cache, i, attn_out)
+        for block in self.blocks:
+            x = block(x, self.rotary, cache)
         if cache is not None:
             cache.advance(T)
         x = self.ln_f(x)
@@ -189,9 +187,15 @@ class GPT(nn.Module):
     def attention_maps(self, idx) -> list:
         """Attention weights of every layer for idx (B, T), from the explicit path:
         a list of n_layer tensors (B, nh, T, T)."""
-        maps = []
-        self(idx, attn_out=maps)
-        return maps
+        attns = [block.attn for block in self.blocks]
+        for attn in attns:
+            attn.keep_weights = True
+        try:
+            self(idx)
+            return [attn.weights for attn in attns]
+        finally:
+            for attn in attns:
+                attn.keep_weights, attn.weights = False, None
 
     def flops_per_token(self, T: int | None = None) -> float:
         """Training FLOPs per token: 6 per parameter (forward + backward) plus the attention

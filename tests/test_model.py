@@ -64,11 +64,11 @@ def test_matches_torch_multihead_attention(bias):
     x = torch.randn(2, T, C)
     future = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)  # True = may not attend
     ref_out, ref_w = ref(x, x, x, attn_mask=future, need_weights=True, average_attn_weights=False)
-    weights = []
+    ours.keep_weights = True
     with torch.no_grad():
-        out = ours(x, attn_out=weights)
+        out = ours(x)
     torch.testing.assert_close(out, ref_out, atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(weights[0], ref_w, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(ours.weights, ref_w, atol=1e-6, rtol=1e-5)
 
 
 # ---------------------------------------------------------------- explicit path == SDPA path
