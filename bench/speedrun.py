@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from configs import build, load_config_file, read_args  # noqa: E402
-from train import TrainConfig  # noqa: E402
+from training.config import TrainConfig  # noqa: E402
+from training.runlog import read_records  # noqa: E402
 
 
 def run_one(config: str, seed: int, args, extra: list[str]) -> dict:
@@ -43,10 +44,10 @@ def run_one(config: str, seed: int, args, extra: list[str]) -> dict:
         wall = time.time() - started
         if proc.returncode != 0:
             raise SystemExit(f"error: train.py {' '.join(argv)} failed:\n{proc.stderr[-2000:]}")
-        records = [json.loads(line) for line in Path(tmp, "out", "metrics.jsonl").read_text().splitlines()]
+        records = read_records(Path(tmp, "out", "metrics.jsonl"))[0]
     path, values = read_args(TrainConfig, argv, prog="train.py", description="")
     cfg = build(TrainConfig, {**load_config_file(TrainConfig, str(path)), **values})
-    tokens_per_step = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
+    tokens_per_step = cfg.batch_size * cfg.block_size * (cfg.gradient_accumulation_steps or 1)
     evals = [r for r in records if r["kind"] == "eval"]
     hit = next((r for r in evals if r["val_loss"] <= args.target), None)
     warmup = next((r["seconds"] for r in records if r["kind"] == "warmup"), None)

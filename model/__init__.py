@@ -3,10 +3,11 @@ then fast_decode.py (decoding on a GPU) and checkpoint.py (saving, loading, load
 
 from .attention import CausalSelfAttention, attention, causal_mask, causal_softmax, sdpa_attention
 from .config import ConfigError, GPTConfig
-from .generate import decode, generate, generate_stream, sample_next
+from .generate import decode, eval_mode, generate, generate_stream, sample_next
 from .gpt import GPT
 from .kv_cache import KVCache
 from .checkpoint import load_run
 
 __all__ = ["GPT", "GPTConfig", "ConfigError", "KVCache", "CausalSelfAttention", "attention",
-           "causal_mask", "causal_softmax", "sdpa_attention", "decode", "generate", "generate_stream", "sample_next", "load_run"]
+           "causal_mask", "causal_softmax", "sdpa_attention", "decode", "generate", "generate_stream", "sample_next", "load_run",
+           "eval_mode"]

@@ -14,6 +14,8 @@ Past block_size, the policy both paths follow (so they stay comparable):
   `keep` remembers more but re-prefills more often (every block_size - keep tokens).
 """
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -131,3 +133,15 @@ def generate(model, idx, max_new_tokens, num_samples=1, **kwargs):
     for nxt in generate_stream(model, idx, max_new_tokens, num_samples=num_samples, **kwargs):
         out.append(nxt[:, None])
     return torch.cat(out, dim=1)
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """Dropout off inside the block (generation and evaluation must not be random), then back to
+    whichever mode the model was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 import train
+from training.config import TrainConfig
+from training.optim import lr_scale, make_optimizers
 from model import GPT, GPTConfig
 from model.checkpoint import load_checkpoint, model_from_checkpoint
 from training.muon import Muon
@@ -23,9 +25,9 @@ SPEEDRUN = ["--optimizer=muon", "--muon_lr=0.02", "--lr_schedule=wsd", "--cooldo
 
 
 def test_wsd_schedule():
-    c = train.TrainConfig(learning_rate=1.0, min_lr=0.0, warmup_iters=10, lr_decay_iters=100,
-                          lr_schedule="wsd", cooldown_frac=0.2)
-    lrs = [train.get_lr(i, c) for i in range(110)]
+    c = TrainConfig(learning_rate=1.0, min_lr=0.0, warmup_iters=10, lr_decay_iters=100,
+                    lr_schedule="wsd", cooldown_frac=0.2)
+    lrs = [c.learning_rate * lr_scale(i, c) for i in range(110)]
     assert lrs[9] == pytest.approx(10 / 11)                          # warmup as before
     assert all(lr == 1.0 for lr in lrs[10:81])                       # stable until the cooldown
     assert lrs[90] == pytest.approx(0.5) and lrs[100] == 0.0 and lrs[109] == 0.0  # linear to min_lr
@@ -34,7 +36,7 @@ def test_wsd_schedule():
 
 def test_muon_groups_and_peaks():
     m = GPT(GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=8, bias=True))
-    muon, adamw = train.make_optimizers(m, train.TrainConfig(optimizer="muon", muon_lr=0.05), "cpu")
+    muon, adamw = make_optimizers(m, TrainConfig(optimizer="muon", muon_lr=0.05), torch.device("cpu"))
     assert isinstance(muon, Muon) and muon.param_groups[0]["lr"] == 0.05
     in_muon = {id(p) for g in muon.param_groups for p in g["params"]}
     in_adamw = {id(p) for g in adamw.param_groups for p in g["params"]}

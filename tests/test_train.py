@@ -15,6 +15,8 @@ import pytest
 import torch
 
 import train
+from training.config import TrainConfig, load_settings
+from training.optim import lr_scale, make_optimizers
 from configs import available_configs, build, load_config_file
 from model.checkpoint import load_checkpoint, model_from_checkpoint
 
@@ -59,25 +61,25 @@ def test_shipped_configs_build():
     assert {"shakespeare_char", "cpu", "cpu_tinyshakespeare", "shakespeare", "shakespeare_bpe"} <= \
         set(available_configs())
     for name in available_configs():
-        build(train.TrainConfig, load_config_file(train.TrainConfig, name))
+        build(TrainConfig, load_config_file(TrainConfig, name))
     # the nanoGPT baseline, same settings so results compare
-    c = build(train.TrainConfig, load_config_file(train.TrainConfig, "shakespeare_char"))
+    c = build(TrainConfig, load_config_file(TrainConfig, "shakespeare_char"))
     assert (c.n_layer, c.n_head, c.n_embd, c.block_size, c.batch_size, c.dropout) == (6, 6, 384, 256, 64, 0.2)
-    assert (c.learning_rate, c.warmup_iters, c.min_lr, c.lr_decay_iters, c.max_iters, c.beta2) == \
+    assert (c.learning_rate, c.warmup_iters, c.min_lr, c.decay_iters, c.max_iters, c.beta2) == \
         (1e-3, 100, 1e-4, 5000, 5000, 0.99)
     assert c.dataset == "tinyshakespeare" and c.tokenizer == "char"
     # the GPU default spelled out: configs/shakespeare.toml is exactly the dataclass defaults
-    assert build(train.TrainConfig, load_config_file(train.TrainConfig, "shakespeare")) == train.TrainConfig()
+    assert build(TrainConfig, load_config_file(TrainConfig, "shakespeare")) == TrainConfig()
 
 
 def test_no_arguments_picks_a_config_for_the_machine(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    cfg, ckpt, origin = train.load_settings([])
+    cfg, ckpt, origin = load_settings([])
     assert ckpt is None and "configs/cpu.toml" in origin
-    assert cfg == build(train.TrainConfig, load_config_file(train.TrainConfig, "cpu"))
-    cfg, _, _ = train.load_settings(["--n_layer=2"])  # the command line still wins
-    assert cfg.n_layer == 2 and cfg.max_iters == cfg.lr_decay_iters
-    cfg, _, origin = train.load_settings(["shakespeare_char"])  # a named config is taken as is
+    assert cfg == build(TrainConfig, load_config_file(TrainConfig, "cpu"))
+    cfg, _, _ = load_settings(["--n_layer=2"])  # the command line still wins
+    assert cfg.n_layer == 2 and cfg.lr_decay_iters is None
+    cfg, _, origin = load_settings(["shakespeare_char"])  # a named config is taken as is
     assert cfg.n_layer == 6 and "shakespeare_char" in origin
 
 
@@ -97,7 +99,7 @@ def test_help_lists_every_key(capsys):
 @pytest.mark.parametrize("argv, words", [
     (["--learnig_rate=1e-3"], ["unknown key 'learnig_rate'", "did you mean learning_rate"]),
     (["--batch_size=big"], ["--batch_size must be an int"]),
-    (["--device=gpu"], ["device must be one of auto|cuda|cpu|mps"]),
+    (["--device=gpu"], ["--device=gpu", "use auto, cpu, cuda, cuda:N or mps"]),
     (["--eval_interval=0"], ["eval_interval must be at least 1"]),
     (["--n_embd=30", "--n_head=4"], ["n_embd (30) must be divisible by n_head (4)"]),
     (["--device=cpu", "--dtype=float16"], ["float16 needs CUDA"]),
@@ -120,19 +122,19 @@ def test_device_cuda_without_a_gpu(monkeypatch, corpus, tmp_path, capsys):
 
 
 def test_lr_schedule():
-    c = train.TrainConfig(learning_rate=1.0, min_lr=0.1, warmup_iters=10, lr_decay_iters=110)
-    lrs = [train.get_lr(i, c) for i in range(130)]
+    c = TrainConfig(learning_rate=1.0, min_lr=0.1, warmup_iters=10, lr_decay_iters=110)
+    lrs = [c.learning_rate * lr_scale(i, c) for i in range(130)]
     assert lrs[0] == pytest.approx(1 / 11) and lrs[9] == pytest.approx(10 / 11)   # warmup
     assert lrs[10] == pytest.approx(1.0) and lrs[60] == pytest.approx(0.55)       # cosine
     assert lrs[110] == pytest.approx(0.1) and lrs[129] == 0.1                      # floor
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
-    assert train.get_lr(50, train.TrainConfig(decay_lr=False, learning_rate=0.3)) == 0.3
+    assert lr_scale(50, TrainConfig(decay_lr=False, learning_rate=0.3)) == 1.0
 
 
 def test_weight_decay_only_on_matrices():
     from model import GPT, GPTConfig
     m = GPT(GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=8, bias=True))
-    opt = train.make_optimizer(m.parameters(), train.TrainConfig(weight_decay=0.1), "cpu")
+    opt, = make_optimizers(m, TrainConfig(weight_decay=0.1), torch.device("cpu"))
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
@@ -147,7 +149,7 @@ def test_tiny_run_end_to_end(corpus, tmp_path, capsys):
     assert train.main(tiny(corpus, out)) == 0
     text = capsys.readouterr().out
     assert "device: cpu" in text and "done: 8 iterations" in text
-    assert sorted(p.name for p in out.iterdir()) == ["ckpt.pt", "last.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == ["ckpt.pt", "last.pt", "loss.svg", "metrics.jsonl"]
     assert [r["iter"] for r in records(out, "train")] == list(range(8))
     assert [r["iter"] for r in records(out, "eval")] == [0, 4, 8]
     for r in records(out, "train"):

@@ -26,6 +26,7 @@ import torch
 
 from common.errors import UserError
 from common.files import atomic_write
+from training.runlog import read_metrics
 from .loss_plot import loss_svg
 
 MAX_TOKENS = 256          # default cap on the tokens shown
@@ -112,26 +113,6 @@ def attention_data(model, tokenizer, tokens, max_tokens: int = MAX_TOKENS, promp
 # -----------------------------------------------------------------------------
 # the loss curve, from out_dir/metrics.jsonl, as a static SVG
 
-def read_metrics(path):
-    """-> (train [(iter, loss)], evals [(iter, train_loss, val_loss)], n_bad_lines).
-    A resumed run appends to the same log, so a later line for an iteration replaces an
-    earlier one. Lines that do not parse (say, cut short by a crash) are counted, not fatal."""
-    train, evals, bad = {}, {}, 0
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                if rec.get("kind") == "train":
-                    train[int(rec["iter"])] = float(rec["loss"])
-                elif rec.get("kind") == "eval":
-                    evals[int(rec["iter"])] = (float(rec["train_loss"]), float(rec["val_loss"]))
-            except (ValueError, KeyError, TypeError, AttributeError):
-                bad += 1
-    return sorted(train.items()), [(i, a, b) for i, (a, b) in sorted(evals.items())], bad
-
-
 def loss_section(metrics_path) -> str:
     """The HTML of the loss-curve section, or a line saying why there is none."""
     path = Path(metrics_path)
@@ -144,13 +125,10 @@ def loss_section(metrics_path) -> str:
     svg = loss_svg(train, evals)
     if not svg:
         return f'<p class="note">No loss curve: {html.escape(str(path))} holds no train or eval losses yet.</p>'
-    legend = ('<p class="legend"><span class="sw" style="background:#7aa6d8"></span>train loss, each log step '
-              '<span class="sw" style="background:#1f4e9c"></span>train loss at eval '
-              '<span class="sw" style="background:#e0701b"></span>val loss at eval</p>')
     skipped = f'<p class="note">{bad} unreadable line(s) in the log were skipped.</p>' if bad else ""
     last = f"last eval: iter {evals[-1][0]:,}, val loss {evals[-1][2]:.4f}. " if evals else ""
     return (f'<h2>The run\'s loss</h2>\n<p>{last}From {html.escape(path.name)}: {len(train):,} train '
-            f'and {len(evals):,} eval records.</p>\n{legend}\n{svg}\n{skipped}')
+            f'and {len(evals):,} eval records.</p>\n{svg}\n{skipped}')
 
 
 # -----------------------------------------------------------------------------

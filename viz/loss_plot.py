@@ -1,6 +1,7 @@
 """A loss curve as a static SVG: train and val loss against the step, with round-numbered axes.
 
     loss_svg(train, evals) -> str    train: [(iter, loss)], evals: [(iter, train_loss, val_loss)]
+                                     (training.runlog.read_metrics reads them from metrics.jsonl)
 
 train.py writes it to out_dir/loss.svg at every evaluation, and the attention page embeds it.
 Plain SVG, no scripts: it opens in any browser, from disk.
@@ -22,19 +23,24 @@ def nice_ticks(lo: float, hi: float, n: int = 5) -> list:
     return [start + k * step for k in range(count + 1)]
 
 
-def loss_svg(train, evals, width=640, height=260) -> str:
-    """Train loss (every logged step) and the eval's train/val loss against iteration."""
-    series = [("train loss (each log step)", "#7aa6d8", 1.2, [(i, l) for i, l in train]),
-              ("train loss (eval)", "#1f4e9c", 2, [(i, a) for i, a, _ in evals]),
-              ("val loss (eval)", "#e0701b", 2, [(i, b) for i, _, b in evals])]
-    series = [(name, c, sw, [(x, y) for x, y in pts if math.isfinite(y)]) for name, c, sw, pts in series]
+SERIES = [("train loss (each log step)", "#7aa6d8", 1.2), ("train loss (eval)", "#1f4e9c", 2),
+          ("val loss (eval)", "#e0701b", 2)]
+
+
+def loss_svg(train, evals, width=640, height=280, title: str | None = None, standalone: bool = False) -> str:
+    """Train loss (every logged step) and the eval's train/val loss against iteration, as one
+    <svg> element styled by its own attributes, so it reads the same inside a page and, with
+    standalone (the namespace a file on its own needs), as an .svg file. "" if nothing to draw."""
+    points = [[(i, l) for i, l in train], [(i, a) for i, a, _ in evals], [(i, b) for i, _, b in evals]]
+    series = [(name, colour, sw, [(x, y) for x, y in pts if math.isfinite(y)])
+              for (name, colour, sw), pts in zip(SERIES, points)]
     series = [s for s in series if s[3]]
     pts = [p for s in series for p in s[3]]
     if not pts:
         return ""
     xt = nice_ticks(min(x for x, _ in pts), max(x for x, _ in pts))
     yt = nice_ticks(min(y for _, y in pts), max(y for _, y in pts))
-    left, right, top, bottom = 52, 16, 14, 40
+    left, right, top, bottom = 52, 16, 14 + (22 if title else 0) + 16 * len(series), 40
     pw, ph = width - left - right, height - top - bottom
 
     def sx(x):
@@ -43,13 +49,22 @@ def loss_svg(train, evals, width=640, height=260) -> str:
     def sy(y):
         return top + (yt[-1] - y) / (yt[-1] - yt[0]) * ph
 
-    out = [f'<svg id="loss-svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
-           f'role="img" aria-label="loss against iteration">']
+    xmlns = ' xmlns="http://www.w3.org/2000/svg"' if standalone else ""
+    out = [f'<svg id="loss-svg"{xmlns} width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" role="img" aria-label="loss against iteration" '
+           f'font-family="sans-serif" font-size="11" fill="#444">',
+           f'<rect width="{width}" height="{height}" fill="#fff"/>']
+    if title:
+        out.append(f'<text x="{left}" y="18" font-size="14" fill="#222">{html.escape(title)}</text>')
+    for k, (name, colour, sw, _) in enumerate(series):  # the legend, above the plot
+        y = top - 16 * (len(series) - k) + 4
+        out.append(f'<line x1="{left}" x2="{left + 18}" y1="{y}" y2="{y}" stroke="{colour}" stroke-width="{sw}"/>'
+                   f'<text x="{left + 24}" y="{y + 4}">{html.escape(name)}</text>')
     for y in yt:
-        out.append(f'<line x1="{left}" x2="{left + pw}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" class="grid"/>'
+        out.append(f'<line x1="{left}" x2="{left + pw}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" stroke="#e6e6e6" class="grid"/>'
                    f'<text x="{left - 6}" y="{sy(y) + 4:.1f}" text-anchor="end">{y:.4g}</text>')
     for x in xt:
-        out.append(f'<line x1="{sx(x):.1f}" x2="{sx(x):.1f}" y1="{top}" y2="{top + ph}" class="grid"/>'
+        out.append(f'<line x1="{sx(x):.1f}" x2="{sx(x):.1f}" y1="{top}" y2="{top + ph}" stroke="#e6e6e6" class="grid"/>'
                    f'<text x="{sx(x):.1f}" y="{top + ph + 16}" text-anchor="middle">{x:,.6g}</text>')
     out.append(f'<text x="{left + pw / 2}" y="{height - 4}" text-anchor="middle">iteration</text>'
                f'<text x="12" y="{top + ph / 2}" text-anchor="middle" '

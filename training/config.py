@@ -1,0 +1,162 @@
+"""Every setting of a training run, in one typed dataclass, and where a run's settings come from.
+
+Layers, later wins:
+    TrainConfig's defaults  <  configs/cpu.toml (no config file given and no GPU)
+                            or the checkpoint's own settings (--init_from=resume)
+                            <  the config file  <  --key=value
+"""
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Literal
+
+from common.device import resolve_device
+from common.errors import ConfigError
+from configs import build, load_config_file, read_args
+from model import GPTConfig
+from model.checkpoint import CheckpointError, load_checkpoint
+
+
+@dataclass
+class TrainConfig:
+    # I/O
+    out_dir: str = "out"                # checkpoints (ckpt.pt best, last.pt latest), metrics.jsonl, loss.svg
+    init_from: Literal["scratch", "resume"] = "scratch"  # resume: continue out_dir/last.pt exactly
+    eval_interval: int = 250            # evaluate (and write last.pt) every this many steps
+    eval_iters: int = 200               # batches per split in each evaluation
+    log_interval: int = 10              # a metrics line every this many steps
+    always_save_checkpoint: bool = True  # write last.pt at every eval (false: only at the end)
+    # data
+    dataset: str = "shakespeare"        # shakespeare (offline), tinyshakespeare, or a .txt file / folder
+    tokenizer: Literal["char", "gpt2", "bpe"] = "char"
+    tokenizer_vocab_size: int | None = None  # bpe only; none = data's default (2048)
+    data_source: str | None = None      # a local copy of tinyshakespeare's input.txt (no download)
+    data_root: str | None = None        # where prepared datasets live; none = data/prepared
+    # model: every GPTConfig field but vocab_size, which the data decides (model/config.py)
+    n_layer: int = 6
+    n_head: int = 6
+    n_kv_head: int | None = None        # none = n_head (MHA); fewer = grouped-query, 1 = multi-query
+    n_embd: int = 384
+    block_size: int = 256               # context length in tokens
+    dropout: float = 0.2
+    bias: bool = False                  # biases in Linear and LayerNorm layers
+    pos_emb: Literal["learned", "rope"] = "learned"
+    rope_base: float = 10000.0          # RoPE's frequency base
+    attn_impl: Literal["sdpa", "explicit"] = "sdpa"
+    # model options from the speedrun line of work (configs/speedrun*.toml); defaults = GPT-2's
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"  # rmsnorm: parameter-free
+    embed_norm: bool = False            # a norm right after the embedding
+    qk_norm: bool = False               # RMS-normalise q and k per head
+    mlp_act: Literal["gelu", "relu2"] = "gelu"  # relu2: ReLU squared
+    zero_init: bool = False             # residual output projections (and an untied head) start at 0
+    tie_embeddings: bool = True         # the head shares the token embedding matrix
+    logit_softcap: float = 0.0          # > 0: logits = c * tanh(logits / c)
+    # optimization
+    batch_size: int = 64                # sequences per micro-batch (per process)
+    gradient_accumulation_steps: int | None = None  # micro-batches per step over all processes; none = one per process
+    learning_rate: float = 1e-3         # peak, reached after warmup
+    max_iters: int = 5000               # optimizer steps in all
+    warmup_iters: int = 100             # linear warmup from ~0 to learning_rate
+    lr_decay_iters: int | None = None   # the decay ends here; none = max_iters
+    min_lr: float = 1e-4                # after decay (usually learning_rate / 10)
+    decay_lr: bool = True               # false: constant learning_rate
+    weight_decay: float = 0.1           # AdamW, on matrices only
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0              # clip the gradient's global norm to this; 0 = off
+    optimizer: Literal["adamw", "muon"] = "adamw"  # muon: Muon for the blocks' matrices, AdamW for the rest
+    muon_lr: float = 0.02               # Muon's peak learning rate (the schedule scales it like learning_rate)
+    muon_momentum: float = 0.95
+    lr_schedule: Literal["cosine", "wsd"] = "cosine"  # wsd: warmup, stable, linear cooldown to min_lr
+    cooldown_frac: float = 0.3          # wsd: the last fraction of the decay spent cooling down
+    # system
+    device: str = "auto"                # auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 where the GPU has it, fp16 on older GPUs, fp32 off CUDA
+    compile: bool | None = None         # torch.compile the model; none = on CUDA only
+    seed: int = 1337
+    data_on_device: bool = False        # keep the whole dataset on the device, gather batches there
+    eval_full_val: bool = False         # val loss from one exact pass over the whole val split
+    stop_at_val_loss: float | None = None  # stop as soon as an eval reaches this val loss
+    peak_flops: float | None = None     # the device's peak FLOP/s for MFU; none = known GPUs only
+    # logging
+    wandb_log: bool = False             # log to Weights & Biases (WANDB_MODE=offline works)
+    wandb_project: str = "qkvgpt"
+    wandb_run_name: str | None = None   # none = out_dir and the start time
+
+    def __post_init__(self):
+        for name in ("eval_interval", "eval_iters", "log_interval", "batch_size",
+                     "gradient_accumulation_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_iters", "warmup_iters", "lr_decay_iters"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):
+            if not getattr(self, name) >= 0:  # also catches nan
+                raise ConfigError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if not 0 <= self.cooldown_frac <= 1:
+            raise ConfigError(f"cooldown_frac must be in [0, 1], got {self.cooldown_frac}")
+        if not self.muon_lr >= 0 or not 0 <= self.muon_momentum < 1:
+            raise ConfigError(f"muon_lr must be >= 0 and muon_momentum in [0, 1), got "
+                              f"{self.muon_lr} and {self.muon_momentum}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ConfigError(f"beta1 and beta2 must be in [0, 1), got {self.beta1} and {self.beta2}")
+        model_config(self, vocab_size=1)  # the model's own checks, now rather than after data preparation
+
+    @property
+    def decay_iters(self) -> int:
+        """Where the learning-rate decay ends: lr_decay_iters, or the end of the run."""
+        return self.max_iters if self.lr_decay_iters is None else self.lr_decay_iters
+
+
+# the model's settings are GPTConfig's fields (vocab_size comes from the data)
+MODEL_FIELDS = tuple(f.name for f in fields(GPTConfig) if f.name != "vocab_size")
+# what a resumed run must keep: the model's shape and its data. Dropout and the attention path
+# may change, since they compute with the same weights.
+LOCKED = tuple(k for k in MODEL_FIELDS if k not in ("dropout", "attn_impl")) + \
+    ("dataset", "tokenizer", "tokenizer_vocab_size")
+
+
+def model_config(cfg: TrainConfig, vocab_size: int) -> GPTConfig:
+    return GPTConfig(vocab_size=vocab_size, **{k: getattr(cfg, k) for k in MODEL_FIELDS})
+
+
+DESCRIPTION = """Train a GPT. With no config file the defaults are sized for the machine: the full
+run below on a GPU, configs/cpu.toml (a few minutes on two cores) without one."""
+
+
+def load_settings(argv: list[str]) -> tuple[TrainConfig, dict | None, str]:
+    """(settings, the checkpoint to resume or None, a line saying where the settings came from)."""
+    path, values = read_args(TrainConfig, argv, prog="train.py", description=DESCRIPTION)
+    if values.get("init_from") == "resume":
+        return resume_settings(path, values)
+    base, origin = {}, f"config: {path}" if path else "config: the defaults (configs/shakespeare.toml)"
+    if path is None and resolve_device(values.get("device", "auto")).type != "cuda":
+        base = load_config_file(TrainConfig, "cpu")
+        origin = "config: configs/cpu.toml, the CPU-sized default (no GPU in use; on a GPU " \
+                 "`python train.py` runs the full configs/shakespeare.toml)"
+    return build(TrainConfig, {**base, **values}), None, origin
+
+
+def resume_settings(path, values: dict):
+    """The checkpoint's settings under the file and the command line, which may change anything
+    but what LOCKED names."""
+    out_dir = Path(values.get("out_dir", TrainConfig.out_dir))
+    if not (out_dir / "last.pt").exists():
+        raise CheckpointError(f"nothing to resume: {out_dir / 'last.pt'} does not exist; point --out_dir "
+                              f"at an earlier run, or start a new one without --init_from=resume")
+    ckpt = load_checkpoint(out_dir / "last.pt")
+    if not all(k in ckpt for k in ("config", "optimizer", "iter_num", "rng")):
+        raise CheckpointError(f"{out_dir / 'last.pt'} holds weights but no training state; "
+                              f"it cannot be resumed (start a new run in another --out_dir)")
+    known = {f.name for f in fields(TrainConfig)}
+    base = {k: v for k, v in ckpt["config"].items() if k in known}
+    for key in LOCKED:
+        if key in values and values[key] != base.get(key):
+            raise ConfigError(
+                f"{out_dir / 'last.pt'} was trained with {key}={base.get(key)}, but {key}={values[key]} "
+                f"was asked for; leave {key} out to resume, or start a new run in another --out_dir")
+    values["out_dir"] = str(out_dir)  # where it is now, wherever it was trained
+    origin = f"config: resumed from {out_dir / 'last.pt'} (iteration {ckpt['iter_num']})" + \
+        (f", then {path}" if path else "")
+    return build(TrainConfig, {**base, **values}), ckpt, origin

@@ -1,0 +1,143 @@
+"""The run's process and device: which process this is (rank) among how many (world), on which
+device, in which dtype, and a print that only rank 0 does.
+
+Started by torchrun, each process finds RANK, WORLD_SIZE and LOCAL_RANK in its environment;
+started plainly, it is rank 0 of 1. The device is resolved first and decides the backend:
+NCCL for a CUDA run (told its GPU up front with device_id=), gloo for a CPU run, even on a
+machine that has GPUs.
+"""
+
+import contextlib
+import os
+import re
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from common.device import ddp_backend, resolve_device, resolve_dtype
+from common.errors import ConfigError
+
+# dense (no sparsity) bf16/fp16 tensor-core peak FLOP/s for MFU, from NVIDIA's datasheets, matched
+# against torch.cuda.get_device_name() in order, first match wins (so H100 PCIe before H100, and
+# L40S before L40 before L4, whose names contain one another)
+PEAK_FLOPS = [(r"H200", 989e12), (r"H100.*PCIe", 756e12), (r"H100.*NVL", 835e12), (r"H100", 989e12),
+              (r"A100", 312e12), (r"L40S", 362e12), (r"L40\b", 181e12), (r"L4\b", 121e12),
+              (r"A10\b", 125e12), (r"4090", 165e12), (r"3090", 71e12),
+              (r"V100", 125e12), (r"T4\b", 65e12)]
+
+
+def torchrun_ranks() -> tuple[int, int, int] | None:
+    """(rank, world, local_rank) when started by torchrun, else None."""
+    if "RANK" not in os.environ:
+        return None
+    return tuple(int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+
+
+@dataclass
+class RunEnv:
+    device: torch.device
+    dtype: torch.dtype            # the autocast dtype; float32 = no autocast
+    compile: bool
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def ddp(self) -> bool:
+        return self.world > 1
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+    def say(self, *args, **kwargs):
+        if self.master:
+            print(*args, **kwargs, flush=True)
+
+    def autocast(self):
+        """The forward in bf16/fp16 (the backward follows the forward's dtypes)."""
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def all_reduce(self, t: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
+        if self.ddp:
+            dist.all_reduce(t, op=op)
+        return t
+
+    def barrier(self):
+        if self.ddp:
+            dist.barrier()
+
+    def close(self):
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def start_env(cfg) -> RunEnv:
+    """Resolve device, dtype and compile from cfg, then join the process group under torchrun."""
+    rank, world, local_rank = torchrun_ranks() or (0, 1, None)
+    device = resolve_device(cfg.device, local_rank)
+    dtype = resolve_dtype(cfg.dtype, device)
+    if dtype == torch.float16 and device.type != "cuda":
+        raise ConfigError(f"dtype=float16 needs CUDA (a GradScaler); on {device.type} use float32 or bfloat16")
+    compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
+    env = RunEnv(device, dtype, compile, rank, world, local_rank or 0)
+    if env.ddp:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=ddp_backend(device),
+                                device_id=device if device.type == "cuda" else None)
+    return env
+
+
+def peak_flops(device_name: str) -> float | None:
+    """The dense bf16/fp16 peak of a known GPU by its name, else None."""
+    return next((peak for pattern, peak in PEAK_FLOPS if re.search(pattern, device_name)), None)
+
+
+def run_peak_flops(env: RunEnv, override: float | None) -> float | None:
+    """The peak MFU is reported against: --peak_flops, or a known GPU's in bf16/fp16. A CPU's
+    peak depends on its cores, clock and vector units, so it is not guessed."""
+    if override:
+        return override
+    if env.device.type != "cuda" or env.dtype == torch.float32:
+        return None
+    return peak_flops(torch.cuda.get_device_name(env.device))
+
+
+class StepTimer:
+    """Pure training time, without a host sync per step. On CUDA each step is bracketed by two
+    events recorded on the stream, and their elapsed time is read only when asked (at a log or
+    an eval, which wait for the GPU anyway); elsewhere the work is synchronous and a plain clock
+    around the step is exact."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.pending, self.t0 = [], 0.0
+
+    def start(self):
+        if self.cuda:
+            self.pending.append([torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)])
+            self.pending[-1][0].record()
+        else:
+            self.t0 = time.perf_counter()
+
+    def stop(self):
+        if self.cuda:
+            self.pending[-1][1].record()
+        else:
+            self.pending.append(time.perf_counter() - self.t0)
+
+    def split(self) -> float:
+        """Seconds of the steps timed since the last read (waits for them on CUDA)."""
+        if self.cuda:
+            if self.pending:
+                self.pending[-1][1].synchronize()
+            seconds = sum(a.elapsed_time(b) for a, b in self.pending) / 1000
+        else:
+            seconds = sum(self.pending)
+        self.pending = []
+        return seconds

@@ -1,0 +1,129 @@
+"""The resumable state of a run, and the checkpoints that hold it.
+
+RunState is everything that moves during training besides the weights and the optimizers:
+where the run is (iter_num, best_val_loss, train_time) and every source of randomness it
+draws from (torch's RNG for dropout, CUDA's, and each data stream's loader). One owner saves
+and restores all of it, so a resumed run sees exactly the batches and dropout masks an
+uninterrupted one would have seen.
+
+Data streams: micro-batch k of every step comes from its own stream k, a BatchLoader seeded
+by (seed, k). Streams are numbered globally, so a run can resume on a different number of
+processes and still read the same batches.
+"""
+
+import hashlib
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from data import BatchLoader, DataError
+from model.checkpoint import CheckpointError, save_checkpoint
+from .config import LOCKED
+
+
+def stream_seed(seed: int, name: str, k: int = 0) -> int:
+    """A 64-bit seed for data stream k of `name`, different for every (seed, name, k)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{name}/{k}".encode()).digest()[:8], "little")
+
+
+def train_streams(data_dir: Path, cfg, env, streams) -> dict:
+    """{k: the loader of stream k} for this process's streams."""
+    return {k: BatchLoader(data_dir / "train.bin", cfg.block_size, cfg.batch_size, device=env.device,
+                           seed=stream_seed(cfg.seed, "train", k), resident=cfg.data_on_device)
+            for k in streams}
+
+
+class RunState:
+    def __init__(self, loaders: dict):
+        self.iter_num, self.best_val_loss, self.train_time = 0, math.inf, 0.0
+        self.loaders = loaders
+
+    def state_dict(self, env) -> dict:
+        """Every process's RNGs and streams (a collective in DDP: call it on every rank)."""
+        mine = {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(env.device) if env.device.type == "cuda" else None,
+                "loaders": {k: loader.state_dict() for k, loader in self.loaders.items()}}
+        everyone = [mine]
+        if env.ddp:
+            everyone = [None] * env.world
+            dist.all_gather_object(everyone, mine)
+        streams = {k: s for r in everyone for k, s in r.pop("loaders").items()}
+        return {"iter_num": self.iter_num, "best_val_loss": self.best_val_loss, "train_time": self.train_time,
+                "rng": {"per_rank": everyone, "loaders": streams}}
+
+    def load_state_dict(self, d: dict, env):
+        self.iter_num, self.best_val_loss = int(d["iter_num"]), float(d["best_val_loss"])
+        self.train_time = float(d.get("train_time", 0.0))
+        rng = d["rng"]
+        for k, loader in self.loaders.items():
+            if k in rng["loaders"]:
+                loader.load_state_dict(rng["loaders"][k])
+        if len(rng["per_rank"]) != env.world:
+            env.say(f"note: the checkpoint was written by {len(rng['per_rank'])} processes, this run has "
+                    f"{env.world}: data resumes exactly, dropout masks are reseeded")
+            return
+        mine = rng["per_rank"][env.rank]
+        torch.set_rng_state(mine["torch"])
+        if mine["cuda"] is not None and env.device.type == "cuda":
+            torch.cuda.set_rng_state(mine["cuda"], env.device)
+
+
+class Checkpoints:
+    """Writes the whole training state to out_dir/<name>, and restores it. Rank 0 writes;
+    every rank must call save(), since gathering the RNGs is a collective."""
+
+    def __init__(self, out_dir: Path, env, model, optimizers, scaler, cfg, model_config, tokenizer):
+        self.out_dir, self.env, self.model, self.optimizers, self.scaler = out_dir, env, model, optimizers, scaler
+        self.fixed = {"config": asdict(cfg), "model_config": asdict(model_config), "tokenizer": tokenizer.to_dict()}
+
+    def save(self, names: list[str], state: RunState, wandb_id: str | None):
+        run = state.state_dict(self.env)
+        if not self.env.master or not names:
+            return
+        ckpt = {"model": self.model.state_dict(), **self.fixed, **run, "wandb_run_id": wandb_id,
+                "optimizer": [o.state_dict() for o in self.optimizers], "scaler": self.scaler.state_dict()}
+        for name in names:
+            save_checkpoint(self.out_dir / name, ckpt)
+
+    def restore(self, ckpt: dict, state: RunState):
+        """Load last.pt into the model, the optimizers, the scaler and the run state; a
+        checkpoint that does not fit is one CheckpointError naming the way out."""
+        where = self.out_dir / "last.pt"
+        if ckpt.get("tokenizer") != self.fixed["tokenizer"]:
+            raise CheckpointError("the prepared data's tokenizer differs from the checkpoint's (the dataset "
+                                  "was prepared again, or differently); resume with the same data or start "
+                                  "a new run in another --out_dir")
+        saved, now = ckpt["model_config"], self.fixed["model_config"]
+        diff = [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in ("vocab_size",) + LOCKED
+                if k in now and saved.get(k, now[k]) != now[k]]
+        if diff:
+            raise CheckpointError(f"the checkpoint's model does not match this config ({'; '.join(diff)}); "
+                                  f"resume with the checkpoint's settings or start a new run in another --out_dir")
+        try:
+            self.model.load_state_dict(strip_prefixes(ckpt["model"]))
+            if len(ckpt["optimizer"]) != len(self.optimizers):
+                raise ValueError(f"{len(ckpt['optimizer'])} optimizer states for {len(self.optimizers)} optimizers")
+            for opt, s in zip(self.optimizers, ckpt["optimizer"]):
+                peaks = [g["peak_lr"] for g in opt.param_groups]
+                opt.load_state_dict(s)
+                for g, peak in zip(opt.param_groups, peaks):  # this run's peaks: --learning_rate may change
+                    g["peak_lr"] = peak
+            self.scaler.load_state_dict(ckpt["scaler"])
+            state.load_state_dict(ckpt, self.env)
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError, DataError) as e:
+            raise CheckpointError(f"{where} does not fit this code ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0] if str(e) else ''}); start a new run in "
+                                  f"another --out_dir") from None
+
+
+def strip_prefixes(state_dict: dict) -> dict:
+    """Weights saved from a torch.compile'd or DDP-wrapped model carry these prefixes."""
+    out = {}
+    for k, v in state_dict.items():
+        for prefix in ("_orig_mod.", "module."):
+            k = k.removeprefix(prefix)
+        out[k] = v
+    return out
