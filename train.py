@@ -52,7 +52,7 @@ from training.stops import DivergenceWatch, Stopper
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    first = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 speaks
+    rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 speaks
     stopper, env = Stopper(), None
     try:
         cfg, ckpt, origin = load_settings(argv)
@@ -77,11 +77,11 @@ def main(argv: list[str] | None = None) -> int:
                     f"{Path(cfg.out_dir) / 'loss.svg'}; sample with: python sample.py --out_dir={cfg.out_dir}")
         return status
     except UserError as e:
-        if first:
+        if rank0:
             print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        if first:
+        if rank0:
             print("\nstopped at once without saving; the latest checkpoint is still in out_dir", file=sys.stderr)
         return 130
     finally:

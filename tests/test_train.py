@@ -307,17 +307,17 @@ def test_wandb_failure_never_stops_training(corpus, tmp_path, monkeypatch, capsy
 
 
 def test_ddp_two_processes_match_one_with_twice_the_accumulation(corpus, tmp_path):
-    """torchrun --nproc_per_node=2 with gloo, gas=2 (one micro-step each) against one process
-    with gas=2: the same batches, so the same losses up to float rounding."""
+    """torchrun --nproc_per_node=2 with gloo and the default gradient_accumulation_steps (one
+    micro-step per process) against one process with gas=2: the same batches, so the same
+    losses up to float rounding."""
     one, two = tmp_path / "one", tmp_path / "two"
     assert train.main(tiny(corpus, one, "--gradient_accumulation_steps=2", "--max_iters=4")) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as torchrun would set
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        str(ROOT / "train.py"), *tiny(corpus, two, "--gradient_accumulation_steps=2",
-                                                      "--max_iters=4")],
+                        str(ROOT / "train.py"), *tiny(corpus, two, "--max_iters=4")],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "2 processes" in r.stdout
+    assert "2 processes" in r.stdout and "(2 x 4 x 32)" in r.stdout
     assert len(losses(two)) == 4
     for (i, a), (j, b) in zip(losses(one), losses(two)):
         assert i == j and a == pytest.approx(b, abs=1e-5)
