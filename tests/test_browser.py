@@ -231,3 +231,38 @@ def test_a_long_input_is_windowed_in_the_browser(driver, run):
     Select(driver.find_element(By.ID, "head")).select_by_value("2")
     check_row(driver, model.attention_maps(torch.tensor([long[-50:]]))[1][0, 2], 49)
     no_console_errors(driver)
+
+
+def test_the_runs_loss_svg_renders(driver, tmp_path):
+    """out_dir/loss.svg from a real (tiny) training run, opened on its own as a user would: it
+    renders as an SVG document with both curves and readable axes, and is not a blank image."""
+    import random
+
+    import train
+    rng = random.Random(0)
+    words = "the king queen lord shall thou art love death night day sweet fair my good".split()
+    (tmp_path / "t.txt").write_text("\n\n".join(" ".join(rng.choice(words) for _ in range(40)) for _ in range(200)))
+    out = tmp_path / "out"
+    assert train.main([f"--dataset={tmp_path / 't.txt'}", f"--data_root={tmp_path / 'prep'}", f"--out_dir={out}",
+                       "--device=cpu", "--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=16",
+                       "--batch_size=4", "--max_iters=30", "--eval_interval=10", "--eval_iters=2",
+                       "--log_interval=1", "--warmup_iters=2"]) == 0
+    driver.set_window_size(700, 340)
+    try:
+        driver.get("about:blank")
+        blank = len(driver.get_screenshot_as_png())
+        driver.get((out / "loss.svg").as_uri())
+        assert driver.execute_script("return document.documentElement.tagName") == "svg"
+        series = driver.execute_script(
+            "return [...document.querySelectorAll('polyline')].map(p => "
+            "[p.dataset.series, p.getBBox().width, p.getBBox().height])")
+        names = [s[0] for s in series]
+        assert names == ["train loss (each log step)", "train loss (eval)", "val loss (eval)"]
+        assert all(w > 400 for _, w, _ in series)             # each curve spans the x axis
+        labels = driver.execute_script("return [...document.querySelectorAll('text')].map(t => t.textContent)")
+        assert "iteration" in labels and "loss" in labels and "30" in labels  # the axes, to the last step
+        shot = driver.get_screenshot_as_png()
+        assert shot[:8] == b"\x89PNG\r\n\x1a\n" and len(shot) > 3 * blank  # lines and text, not a blank page
+        no_console_errors(driver)
+    finally:
+        driver.set_window_size(1280, 1100)
