@@ -1,19 +1,28 @@
-"""Time-to-target: train configs until their val loss first reaches a target, side by side.
+"""The speedrun as a user lives it: whole-process wall time to a checkpoint at a target val loss,
+side by side with other recipes, over seeds.
 
-    python bench/speedrun.py --configs cpu_tinyshakespeare speedrun_cpu --target 1.8857 \
-        --seeds 0 1 2 --data_source=path/to/tinyshakespeare.txt
+    python bench/speedrun.py --configs cpu_tinyshakespeare speedrun_cpu --seeds 0 1 2 \
+        --target 1.8857 --data_source=path/to/tinyshakespeare.txt \
+        --external nanogpt="cd ../nanoGPT && python train.py config/train_shakespeare_char.py \
+            --device=cpu --compile=False --seed={seed} --out_dir=$TMPDIR/out ..." \
+        --external_loss='val loss (\d+\.\d+)'
 
-Every run is a fresh `python train.py CONFIG` process with the same measuring settings forced
-on all configs alike: val loss from one exact pass over the whole val split (eval_full_val),
-an eval every --eval_interval steps, and a stop as soon as the target is reached. The clock is
-train.py's own: synchronised time of the optimizer steps only (no eval, no checkpointing), with
-the first step (torch.compile, allocator warm-up) reported apart as "warm-up"; "run s" is the
-training time of the whole run (up to the target, or to max_iters if it never got there). Prints one table
-and writes it as JSON; asserts nothing about speed.
+Each of our configs runs exactly as a user types it, `python train.py CONFIG [--data_source=...]`,
+plus --seed and a fresh --out_dir (and anything after the bench's own options), as a fresh
+process; each --external command runs through the shell, in turn with ours, with {seed}
+replaced. For every run the table shows:
+  wall s     launch to exit, the whole process (start-up, data, compilation, evals, saving)
+  train s    our runs only: train.py's own clock, the optimizer steps alone
+  val        our runs: the exact loss of the run's ckpt.pt over the whole val split, measured here
+             after the run (not timed); external runs: the last --external_loss match in its output
+It prints one table and the mean wall time of each entry, then writes it all as JSON. It
+asserts nothing. Nothing of any external project is part of this one: bring your own checkout.
 """
 
 import argparse
 import json
+import os
+import re
 import statistics
 import subprocess
 import sys
@@ -24,38 +33,43 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from configs import build, load_config_file, read_args  # noqa: E402
-from training.config import TrainConfig  # noqa: E402
+from training.evaluate import exact_val_loss  # noqa: E402
 from training.runlog import read_records  # noqa: E402
 
 
-def run_one(config: str, seed: int, args, extra: list[str]) -> dict:
-    """Train one config with one seed to the target; the numbers from its metrics.jsonl."""
+def run_ours(config: str, seed: int, args, extra: list[str]) -> dict:
     with tempfile.TemporaryDirectory(prefix="speedrun-") as tmp:
-        argv = [config, f"--out_dir={tmp}/out", f"--seed={seed}", "--eval_full_val=true",
-                f"--stop_at_val_loss={args.target}", f"--eval_interval={args.eval_interval}",
-                "--always_save_checkpoint=false", "--wandb_log=false", "--log_interval=1000000"]
-        if args.data_source:
-            argv.append(f"--data_source={args.data_source}")
+        out = Path(tmp, "out")
+        argv = [config, f"--seed={seed}", f"--out_dir={out}"]
+        argv += [f"--data_source={args.data_source}"] if args.data_source else []
         argv += extra
-        started = time.time()
+        started = time.perf_counter()
         proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *argv], cwd=ROOT,
                               capture_output=True, text=True)
-        wall = time.time() - started
+        wall = time.perf_counter() - started
         if proc.returncode != 0:
-            raise SystemExit(f"error: train.py {' '.join(argv)} failed:\n{proc.stderr[-2000:]}")
-        records = read_records(Path(tmp, "out", "metrics.jsonl"))[0]
-    path, values = read_args(TrainConfig, argv, prog="train.py", description="")
-    cfg = build(TrainConfig, {**load_config_file(TrainConfig, str(path)), **values})
-    tokens_per_step = cfg.batch_size * cfg.block_size * (cfg.gradient_accumulation_steps or 1)
-    evals = [r for r in records if r["kind"] == "eval"]
-    hit = next((r for r in evals if r["val_loss"] <= args.target), None)
-    warmup = next((r["seconds"] for r in records if r["kind"] == "warmup"), None)
-    return {"config": config, "seed": seed, "reached": hit is not None,
-            "train_s": hit["train_time"] if hit else None, "steps": hit["iter"] if hit else None,
-            "tokens": hit["iter"] * tokens_per_step if hit else None,
-            "best_val": min(r["val_loss"] for r in evals), "last_step": evals[-1]["iter"],
-            "last_train_s": evals[-1]["train_time"], "warmup_s": warmup, "wall_s": wall}
+            raise SystemExit(f"error: python train.py {' '.join(argv)} failed:\n{proc.stderr[-2000:]}")
+        records = read_records(out / "metrics.jsonl")[0]
+        evals = [r for r in records if r["kind"] == "eval"]
+        warmup = next((r["seconds"] for r in records if r["kind"] == "warmup"), None)
+        val = exact_val_loss(out, "ckpt.pt")
+    return {"name": config, "seed": seed, "command": f"python train.py {' '.join(argv)}", "wall_s": wall,
+            "train_s": evals[-1]["train_time"] if evals else None, "warmup_s": warmup,
+            "steps": evals[-1]["iter"] if evals else None, "val": val}
+
+
+def run_external(name: str, command: str, seed: int, args) -> dict:
+    with tempfile.TemporaryDirectory(prefix="speedrun-ext-") as tmp:
+        command = command.replace("{seed}", str(seed))
+        started = time.perf_counter()
+        proc = subprocess.run(command, shell=True, capture_output=True, text=True,
+                              env={**os.environ, "TMPDIR": tmp})
+        wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"error: {name} ({command}) failed:\n{proc.stderr[-2000:]}")
+    found = re.findall(args.external_loss, proc.stdout + proc.stderr)
+    return {"name": name, "seed": seed, "command": command, "wall_s": wall, "train_s": None,
+            "warmup_s": None, "steps": None, "val": float(found[-1]) if found else None}
 
 
 def fmt(x, spec):
@@ -64,54 +78,62 @@ def fmt(x, spec):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--configs", nargs="+", required=True, help="config names (configs/NAME.toml)")
-    p.add_argument("--target", type=float, required=True, help="val loss to reach")
+    p.add_argument("--configs", nargs="*", default=[], help="our config names (configs/NAME.toml)")
+    p.add_argument("--external", action="append", default=[], metavar='NAME="COMMAND"',
+                   help="another recipe to time in turn with ours, run by the shell; {seed} is replaced")
+    p.add_argument("--external_loss", default=r"val loss (\d+\.\d+)",
+                   help="regex whose last match in an external run's output is its final val loss")
+    p.add_argument("--target", type=float, default=None, help="val loss a run must reach (<=)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--eval_interval", type=int, default=50, help="steps between (full) evals, all configs")
-    p.add_argument("--data_source", default=None, help="local copy of the dataset's text, if needed")
+    p.add_argument("--data_source", default=None, help="local copy of the dataset's text, for our configs")
     p.add_argument("--out", default="bench/results/speedrun.json")
-    args, extra = p.parse_known_args()  # anything else goes to every train.py run (--device=cpu ...)
+    args, extra = p.parse_known_args()  # anything else goes to every train.py run
+    externals = []
+    for e in args.external:
+        name, eq, command = e.partition("=")
+        if not eq or not command:
+            raise SystemExit(f'error: --external {e!r}: write NAME="COMMAND"')
+        externals.append((name, command))
+    if not args.configs and not externals:
+        raise SystemExit("error: nothing to run: give --configs and/or --external")
 
     rows = []
-    print(f"{'config':<22} {'seed':>4} {'reached':>7} {'train s':>8} {'steps':>6} {'tokens':>10} "
-          f"{'best val':>8} {'warm-up s':>9} {'run s':>7}", flush=True)
-    for config in args.configs:
-        for seed in args.seeds:
-            r = run_one(config, seed, args, extra)
+    print(f"{'run':<22} {'seed':>4} {'wall s':>7} {'train s':>8} {'warm-up s':>9} {'steps':>6} "
+          f"{'val':>7} {'reached':>7}", flush=True)
+    for seed in args.seeds:  # seed by seed, every entry in turn: slow drifts hit all alike
+        for name in args.configs + [n for n, _ in externals]:
+            r = run_ours(name, seed, args, extra) if name in args.configs else \
+                run_external(name, dict(externals)[name], seed, args)
+            r["reached"] = None if args.target is None or r["val"] is None else r["val"] <= args.target
             rows.append(r)
-            print(f"{config:<22} {seed:>4} {str(r['reached']):>7} {fmt(r['train_s'], '8.1f')} "
-                  f"{fmt(r['steps'], '6d')} {fmt(r['tokens'], '10,d')} {r['best_val']:8.4f} "
-                  f"{fmt(r['warmup_s'], '9.2f')} {r['last_train_s']:7.1f}", flush=True)
+            print(f"{name:<22} {seed:>4} {r['wall_s']:7.1f} {fmt(r['train_s'], '8.1f')} "
+                  f"{fmt(r['warmup_s'], '9.2f')} {fmt(r['steps'], '6d')} {fmt(r['val'], '7.4f')} "
+                  f"{fmt(r['reached'], '>7')}", flush=True)
 
     summary = {}
-    print(f"\ntarget val loss {args.target}: time to reach it (mean ± spread over seeds)")
-    for config in args.configs:
-        times = [r["train_s"] for r in rows if r["config"] == config and r["reached"]]
-        n = sum(r["config"] == config for r in rows)
-        mean = statistics.mean(times) if times else None
-        spread = statistics.stdev(times) if len(times) > 1 else 0.0
-        summary[config] = {"reached": f"{len(times)}/{n}", "mean_s": mean, "stdev_s": spread if times else None}
-        full = statistics.mean(r["last_train_s"] for r in rows if r["config"] == config)
-        summary[config]["full_run_s"] = full
-        print(f"  {config:<22} reached {len(times)}/{n}: "
-              + (f"{mean:.1f} s ± {spread:.1f}" if times else
-                 f"never: best val {min(r['best_val'] for r in rows if r['config'] == config):.4f} "
-                 f"after a full run of {full:.1f} s"))
-    base, fast = args.configs[0], args.configs[-1]
-    if len(args.configs) > 1 and summary[fast]["mean_s"]:
-        if summary[base]["mean_s"]:
-            ratio = summary[base]["mean_s"] / summary[fast]["mean_s"]
-            print(f"  {fast} reaches it {ratio:.1f}x sooner than {base}")
-        else:  # the baseline never got there: its whole run is a lower bound on its time
-            ratio = summary[base]["full_run_s"] / summary[fast]["mean_s"]
-            print(f"  {fast} reaches it more than {ratio:.1f}x sooner than {base} "
-                  f"(which did not reach it in its whole run)")
-        summary["speedup"] = ratio
-        summary["speedup_is_lower_bound"] = not summary[base]["mean_s"]
+    print("\nwhole-process wall time, mean ± stdev over seeds (train-only clock beside it, ours only)")
+    for name in args.configs + [n for n, _ in externals]:
+        mine = [r for r in rows if r["name"] == name]
+        walls = [r["wall_s"] for r in mine]
+        trains = [r["train_s"] for r in mine if r["train_s"] is not None]
+        s = {"wall_s": statistics.mean(walls), "wall_stdev": statistics.stdev(walls) if len(walls) > 1 else 0.0,
+             "train_s": statistics.mean(trains) if trains else None,
+             "reached": sum(bool(r["reached"]) for r in mine), "runs": len(mine)}
+        summary[name] = s
+        print(f"  {name:<22} {s['wall_s']:6.1f} s ± {s['wall_stdev']:.1f}"
+              + (f"   (train {s['train_s']:.1f} s)" if s["train_s"] is not None else "")
+              + (f"   reached {s['reached']}/{s['runs']}" if args.target is not None else ""))
+    # each of our configs against each external recipe, or against the first config if none
+    for ref in [n for n, _ in externals] or args.configs[:1]:
+        for name in args.configs:
+            if name != ref:
+                ratio = summary[ref]["wall_s"] / summary[name]["wall_s"]
+                summary[name][f"speedup_vs_{ref}"] = ratio
+                print(f"  {name}: {ratio:.2f}x less wall time than {ref}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"target": args.target, "eval_interval": args.eval_interval,
-                               "extra": extra, "runs": rows, "summary": summary}, indent=2))
+    out.write_text(json.dumps({"target": args.target, "extra": extra, "runs": rows, "summary": summary,
+                               "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}, indent=2))
     print(f"wrote {out}")
 
 

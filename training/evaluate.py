@@ -9,13 +9,17 @@ In DDP the batches are shared out among the processes and their sums all-reduced
 """
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from data import BatchLoader
+from data import BatchLoader, load_meta, prepare
 from model import eval_mode
+from model.checkpoint import load_checkpoint, model_from_checkpoint
+from .config import TrainConfig
+from .env import RunEnv
 from .state import stream_seed
 
 
@@ -69,3 +73,15 @@ def evaluate(model, data_dir, val_windows: ValWindows | None, cfg, env) -> dict:
         out["val"] = (val_windows.loss(model, env) if val_windows is not None
                       else estimate_loss(model, data_dir, "val", cfg, env))
     return out
+
+
+def exact_val_loss(out_dir, ckpt: str = "ckpt.pt", device: str = "cpu") -> float:
+    """The exact mean loss of a finished run's checkpoint over its whole val split, the number a
+    speedrun's target is judged by: for benchmarks, measured outside the run."""
+    state = load_checkpoint(Path(out_dir) / ckpt)
+    cfg = TrainConfig(**{k: v for k, v in state["config"].items() if k in TrainConfig.__dataclass_fields__})
+    model = model_from_checkpoint(state, device).eval()
+    data_dir = prepare(cfg.dataset, cfg.tokenizer, vocab_size=cfg.tokenizer_vocab_size, source=cfg.data_source,
+                       root=cfg.data_root, quiet=True)
+    env = RunEnv(torch.device(device), torch.float32, False)
+    return ValWindows(data_dir, load_meta(data_dir), cfg, env).loss(model, env)
