@@ -297,6 +297,24 @@ def test_cli_prepare(tmp_path, capsys):
     assert "poem-bpe-280" in out and "vocab 280" in out and f"from {int(len(POEM) * 0.9):,}" in out
 
 
+def test_cli_takes_train_py_names_too(tmp_path, tiny, capsys):
+    # train.py's names for the same settings, in both spellings argparse accepts
+    src = write(tmp_path / "poem.txt", POEM)
+    assert main(["prepare", f"--dataset={src}", "--tokenizer", "bpe", "--tokenizer_vocab_size", "280",
+                 "--data_root", str(tmp_path / "a"), "--quiet"]) == 0
+    assert (tmp_path / "a" / "poem-bpe-280" / "meta.json").is_file()
+    assert main(["prepare", "--dataset=tinyshakespeare", f"--data_source={tiny}",
+                 f"--data_root={tmp_path / 'b'}", "--quiet"]) == 0
+    assert load_meta(tmp_path / "b" / "tinyshakespeare-char")["source"] == str(tiny.resolve())
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["prepare", "--help"])
+    out = capsys.readouterr().out
+    for pair in ("--vocab_size N, --tokenizer_vocab_size N", "--source PATH, --data_source PATH",
+                 "--root DIR, --data_root DIR"):
+        assert pair in out
+
+
 def test_cli_error_is_one_line_no_traceback(tmp_path, capsys):
     assert main(["prepare", "--dataset=nonsense", f"--root={tmp_path}"]) == 1
     err = capsys.readouterr().err
