@@ -4,11 +4,14 @@ prepare(): raw text -> tokenizer -> train.bin, val.bin, meta.json in one folder.
     data/prepared/<name>-<tokenizer>[-<vocab_size>]/
         train.bin, val.bin   flat token ids, uint16 while the vocab fits (<= 65536), else uint32
         meta.json            dataset, source, split, sha256 of the raw text, sizes, dtype and the
-                             tokenizer's to_dict(): everything needed to read the bins and decode
+                             tokenizer's to_dict(): everything needed to read the bins and decode;
+                             its "request" records what was asked for, and for bpe the library
+                             that trained it ("trainer": "rustbpe==0.1.0")
 
 Every file is written to a temp name and renamed, and meta.json is written last, so its presence
 means "complete": an interrupted run leaves no folder that passes for a prepared dataset.
-Calling prepare() again with the same request and unchanged text returns at once.
+Calling prepare() again with the same request, the same BPE trainer version and unchanged text
+returns at once; anything else prepares it again.
 """
 
 import json
@@ -22,7 +25,7 @@ from tqdm import tqdm
 from common.files import atomic_write
 from . import DataError
 from .corpora import load_corpus
-from .tokenizers import KINDS, check_bpe_vocab, check_kind
+from .tokenizers import KINDS, bpe_trainer, check_bpe_vocab, check_kind
 
 FORMAT = 2  # bump when the layout, a split rule or BPE training changes: old preparations are redone
 DEFAULT_DATASET = "shakespeare"
@@ -113,6 +116,8 @@ def prepare(dataset=DEFAULT_DATASET, tokenizer="char", *, vocab_size=None, sourc
     corpus = load_corpus(str(dataset), source, cache_dir=root / "downloads")
     out = root / (f"{corpus.name}-{tokenizer}" + (f"-{vocab_size}" if tokenizer == "bpe" else ""))
     request = {"tokenizer": tokenizer, "vocab_size": vocab_size, "dtype": dtype}
+    if tokenizer == "bpe":  # another rustbpe may merge differently: a new version redoes the work
+        request["trainer"] = bpe_trainer()
     if not force and is_complete(out, corpus, request):
         log(f"{out} is already prepared (pass force=True / --force to redo it)")
         return out

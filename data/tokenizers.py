@@ -13,6 +13,7 @@ All three encode "<|endoftext|>" as ordinary text: there are no special tokens.
 
 import base64
 import hashlib
+import importlib.metadata
 import os
 import re
 import tempfile
@@ -105,6 +106,16 @@ class GPT2Tokenizer(_TiktokenTokenizer):
 
     def to_dict(self):
         return {"kind": "gpt2"}
+
+
+def bpe_trainer():
+    """"rustbpe==X.Y.Z": the library that trains our BPEs and its version. meta.json records it,
+    since another version may learn other merges from the same text (pyproject.toml pins it)."""
+    try:
+        return f"rustbpe=={importlib.metadata.version('rustbpe')}"
+    except importlib.metadata.PackageNotFoundError:
+        raise DataError("--tokenizer=bpe needs the rustbpe package; run: pip install -e . "
+                        "(pyproject.toml pins its version)") from None
 
 
 class BPETokenizer(_TiktokenTokenizer):

@@ -3,6 +3,7 @@ files (never the network), idempotence, dtypes, the CLI, and every bad input."""
 
 import hashlib
 import importlib
+import importlib.metadata
 import json
 import subprocess
 import sys
@@ -172,6 +173,33 @@ def test_prepare_is_idempotent(tmp_path, monkeypatch):
     stamp = (d / "train.bin").stat().st_mtime_ns
     prepare(src, root=tmp_path, quiet=True, force=True)
     assert (d / "train.bin").stat().st_mtime_ns != stamp
+
+
+def test_bpe_records_its_trainer_and_another_version_prepares_again(tmp_path, monkeypatch):
+    src = write(tmp_path / "poem.txt", POEM)
+    d = prepare(src, "bpe", vocab_size=280, root=tmp_path, quiet=True)
+    meta = load_meta(d)
+    assert meta["request"]["trainer"] == f"rustbpe=={importlib.metadata.version('rustbpe')}"
+    prep = importlib.import_module("data.prepare")
+    monkeypatch.setattr(prep, "encode", lambda *a: pytest.fail("redid the work"))
+    assert prepare(src, "bpe", vocab_size=280, root=tmp_path, quiet=True) == d  # same version: kept
+    monkeypatch.undo()
+    meta["request"]["trainer"] = "rustbpe==0.0.1"  # as if an older rustbpe had trained it
+    (d / "meta.json").write_text(json.dumps(meta))
+    stamp = (d / "train.bin").stat().st_mtime_ns
+    prepare(src, "bpe", vocab_size=280, root=tmp_path, quiet=True)
+    assert (d / "train.bin").stat().st_mtime_ns != stamp
+    assert load_meta(d)["request"]["trainer"] == f"rustbpe=={importlib.metadata.version('rustbpe')}"
+    # char and gpt2 preparations need no trainer: their request is as before
+    assert "trainer" not in load_meta(prepare(src, root=tmp_path, quiet=True))["request"]
+
+
+def test_bpe_without_rustbpe_says_how_to_install_it(tmp_path, monkeypatch):
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+    monkeypatch.setattr(importlib.metadata, "version", missing)
+    with pytest.raises(DataError, match=r"needs the rustbpe package; run: pip install -e \."):
+        prepare(write(tmp_path / "poem.txt", POEM), "bpe", root=tmp_path, quiet=True)
 
 
 def test_uint32_when_the_vocab_outgrows_uint16(tmp_path):
