@@ -17,6 +17,7 @@ returns at once; anything else prepares it again.
 import json
 import re
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -47,9 +48,14 @@ def pieces(text, size=1 << 20):
         i = j
 
 
+def show_bar(quiet, text):
+    """A bar only when it takes a while, and only on a terminal: in a log file (stderr
+    redirected) its \r frames would pile up on one line (train.py's bar follows the same rule)."""
+    return not quiet and len(text) >= 1 << 20 and sys.stderr.isatty()
+
+
 def encode(tok, text, desc, quiet):
-    bar = tqdm(total=len(text), desc=desc, unit="char", unit_scale=True,
-               disable=quiet or len(text) < 1 << 20)  # a bar only when it takes a while
+    bar = tqdm(total=len(text), desc=desc, unit="char", unit_scale=True, disable=not show_bar(quiet, text))
     out = []
     for p in pieces(text):
         out.append(np.array(tok.encode(p), dtype=np.int64))
@@ -127,7 +133,13 @@ def prepare(dataset=DEFAULT_DATASET, tokenizer="char", *, vocab_size=None, sourc
         tok = KINDS["char"].train(corpus.train + corpus.val)
     elif tokenizer == "bpe":  # trained on train only: val stays unseen
         log(f"training a {vocab_size}-token BPE on {len(corpus.train):,} characters")
-        tok = KINDS["bpe"].train(corpus.train, vocab_size)
+        t0 = time.perf_counter()
+        with tqdm(desc="training bpe", unit="merge", disable=not show_bar(quiet, corpus.train)) as bar:
+            def progress(done, total):
+                bar.total = total
+                bar.update(done - bar.n)  # update(), not refresh(): it keeps tqdm's frame rate
+            tok = KINDS["bpe"].train(corpus.train, vocab_size, progress=None if bar.disable else progress)
+        log(f"trained the BPE in {time.perf_counter() - t0:.1f}s")
         if tok.vocab_size < vocab_size:
             log(f"note: the text only supports {tok.vocab_size - 256} merges: the vocab is {tok.vocab_size}")
     else:

@@ -4,7 +4,9 @@ files (never the network), idempotence, dtypes, the CLI, and every bad input."""
 import hashlib
 import importlib
 import importlib.metadata
+import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -211,6 +213,39 @@ def test_uint32_when_the_vocab_outgrows_uint16(tmp_path):
     assert decoded(d, "train") + decoded(d, "val") == chars + chars[::-1]
     with pytest.raises(DataError, match="does not fit in uint16"):
         prepare(src, root=tmp_path, quiet=True, force=True, dtype="uint16")
+
+
+# -----------------------------------------------------------------------------
+# progress: bars on a terminal only
+
+LONG = POEM * 300  # train split over 2**20 characters: long enough for the bars (see the next test)
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("tokenizer", ["char", "bpe"])
+def test_no_bar_frames_in_a_log_file(tmp_path, capsys, tokenizer):
+    src = write(tmp_path / "long.txt", LONG)
+    prepare(src, tokenizer, vocab_size=300 if tokenizer == "bpe" else None, root=tmp_path)
+    err = capsys.readouterr().err
+    assert "\r" not in err and "preparing long" in err  # the log lines stay, the bars go
+    if tokenizer == "bpe":
+        assert "training a 300-token BPE on" in err and re.search(r"trained the BPE in \d+\.\ds", err)
+
+
+def test_bars_on_a_terminal(tmp_path, monkeypatch):
+    src = write(tmp_path / "long.txt", LONG)
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    prepare(src, "bpe", vocab_size=300, root=tmp_path)
+    err = sys.stderr.getvalue()
+    assert "\r" in err and "tokenizing train" in err
+    assert re.search(r"training bpe: 100%.*\b44/44 ", err)  # 300 - 256 merges, from rustbpe's log
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    prepare(src, "bpe", vocab_size=300, root=tmp_path, quiet=True, force=True)
+    assert sys.stderr.getvalue() == ""  # quiet is quiet, terminal or not
 
 
 # -----------------------------------------------------------------------------
