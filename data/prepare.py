@@ -15,6 +15,7 @@ returns at once; anything else prepares it again.
 """
 
 import json
+import os
 import re
 import sys
 import time
@@ -93,6 +94,21 @@ def load_meta(dir):
     return meta
 
 
+def check_folder(path, what, write=True):
+    """A DataError now, not a traceback after minutes of downloading or training, if path is
+    not a folder (we can write in, if write), nor could be made one. Creates nothing."""
+    p = path
+    while not p.exists() and p != p.parent:  # the nearest part of path that exists decides
+        p = p.parent
+    if not p.is_dir():
+        blame = "it is a file" if p == path else f"{p} is a file"
+        raise DataError(f"cannot use {path} as {what}: {blame}, not a folder; choose another "
+                        f"--data_root (or move the file away)")
+    if write and not os.access(p, os.W_OK | os.X_OK):
+        raise DataError(f"cannot use {path} as {what}: {p} is not writable (permission denied); "
+                        f"choose another --data_root")
+
+
 def is_complete(out, corpus, request):
     """True if out already holds this exact preparation (same text, request and format)."""
     try:
@@ -115,10 +131,12 @@ def prepare(dataset=DEFAULT_DATASET, tokenizer="char", *, vocab_size=None, sourc
         vocab_size = DEFAULT_BPE_VOCAB if vocab_size is None else vocab_size
         check_bpe_vocab(vocab_size)
     elif vocab_size is not None:
-        raise DataError(f"--vocab_size only applies to --tokenizer=bpe (the {tokenizer} vocabulary is fixed)")
+        raise DataError(f"--tokenizer_vocab_size only applies to --tokenizer=bpe (the {tokenizer} "
+                        f"vocabulary is fixed)")
     if dtype is not None:
         pick_dtype(0, dtype)
     root = Path(root) if root is not None else DEFAULT_ROOT
+    check_folder(root, "the data root", write=False)  # a read-only root may hold what is asked for
     corpus = load_corpus(str(dataset), source, cache_dir=root / "downloads")
     out = root / (f"{corpus.name}-{tokenizer}" + (f"-{vocab_size}" if tokenizer == "bpe" else ""))
     request = {"tokenizer": tokenizer, "vocab_size": vocab_size, "dtype": dtype}
@@ -127,6 +145,7 @@ def prepare(dataset=DEFAULT_DATASET, tokenizer="char", *, vocab_size=None, sourc
     if not force and is_complete(out, corpus, request):
         log(f"{out} is already prepared (pass force=True / --force to redo it)")
         return out
+    check_folder(out, "the dataset's folder")  # before the work, not after it
 
     log(f"preparing {corpus.name} ({corpus.source}) with the {tokenizer} tokenizer")
     if tokenizer == "char":  # vocab from the whole text, as nanoGPT, so val has no unknown chars
@@ -152,7 +171,11 @@ def prepare(dataset=DEFAULT_DATASET, tokenizer="char", *, vocab_size=None, sourc
             raise DataError(f"the {s} split of {corpus.name} is empty; the text is too short "
                             f"({len(corpus.train) + len(corpus.val)} characters), give more text")
 
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # what check_folder cannot foresee: a read-only disk, a full one, a race
+        raise DataError(f"cannot create the folder {out}: {e.strerror or e}; choose another "
+                        f"--data_root") from None
     (out / "meta.json").unlink(missing_ok=True)  # a stale meta must not vouch for new bins
     for s, a in ids.items():
         atomic_write(out / f"{s}.bin", a.astype(DTYPES[dt]).tobytes())

@@ -206,7 +206,7 @@ def check_kind(kind):
 def check_bpe_vocab(vocab_size):
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or \
             not MIN_BPE_VOCAB <= vocab_size <= MAX_BPE_VOCAB:
-        raise DataError(f"--vocab_size={vocab_size} is out of range; a bpe vocabulary needs "
+        raise DataError(f"--tokenizer_vocab_size={vocab_size} is out of range; a bpe vocabulary needs "
                         f"{MIN_BPE_VOCAB} to {MAX_BPE_VOCAB} tokens (256 bytes + merges), e.g. 2048")
 
 
