@@ -200,7 +200,8 @@ def sample(cfg: SampleConfig, out=None, err=None) -> list[list[int]]:
 def main(argv=None) -> int:
     try:
         cfg = parse_config(SampleConfig, sys.argv[1:] if argv is None else argv, prog="sample.py",
-                           description=__doc__.split("\n\n")[0])
+                           description=__doc__.split("\n\n")[0],
+                           no_config="pick the training run to sample with --out_dir=DIR")
         sample(cfg)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

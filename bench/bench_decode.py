@@ -300,7 +300,8 @@ def _run(cfg: BenchConfig, say) -> dict:
 def main(argv=None) -> int:
     try:
         cfg = parse_config(BenchConfig, sys.argv[1:] if argv is None else argv,
-                           prog="bench/bench_decode.py", description=__doc__.split("\n\n")[0])
+                           prog="bench/bench_decode.py", description=__doc__.split("\n\n")[0],
+                           no_config="to time the model of configs/NAME.toml, write --sizes=NAME")
         with torch.no_grad():
             run(cfg)
     except (ConfigError, ValueError) as e:

@@ -2,17 +2,25 @@
 
 A program's settings are one dataclass with typed defaults. Three layers, later wins:
 
-    dataclass defaults  <  a TOML file (configs/NAME.toml, or any path)  <  --key=value
+    dataclass defaults  <  a TOML file (configs/NAME.toml, or any path)  <  the command line
 
-    python train.py                                   defaults
-    python train.py shakespeare_char                  configs/shakespeare_char.toml over them
-    python train.py my.toml --batch_size=32 --compile  a file, then two overrides
+    python train.py                                    defaults
+    python train.py shakespeare_char                   configs/shakespeare_char.toml over them
+    python train.py my.toml --batch_size=32 --compile  a file, then two settings
+    python train.py --n_layer 4 --min_lr -1e-5         --key value works as well as --key=value
 
-Every value is converted to the field's annotated type: int, float, bool
-(true/false/1/0/yes/no/on/off; a bare --flag means true), str, a typing.Literal of
-choices, or any of these `| None` (written "none"). Mistakes stop with a ConfigError
-that names the fix: the closest valid key for a typo, the expected type for a bad value.
---help lists every key with its value, type and help (the field's metadata["help"], or
+A setting is --key=value or --key value: the word after --key is its value, unless it starts
+with "--" (so `--min_lr -1` is a value, `--prompt --x` is a missing one: write --prompt=--x).
+A bool alone (--compile) means true; it takes the next word as its value only if that word is
+a bool (true/false/1/0/yes/no/on/off, or none for `bool | None`), so `--compile false` is
+false and `--compile shakespeare_char` is true followed by a config file. A program that takes
+no config file (sample.py) says so with no_config=HINT: --help then lists only its settings,
+and a stray word stops with an error that ends with HINT.
+
+Every value is converted to the field's annotated type: int, float, bool, str, a
+typing.Literal of choices, or any of these `| None` (written "none"). Mistakes stop with a
+ConfigError that names the fix: the closest valid key for a typo, the expected type for a bad
+value. --help lists every key with its value, type and help (the field's metadata["help"], or
 the comment written after it in the class body).
 """
 
@@ -20,6 +28,7 @@ import dataclasses
 import difflib
 import inspect
 import io
+import os
 import sys
 import tokenize
 import tomllib
@@ -184,54 +193,90 @@ def read_config_file(path: Path, fields: dict) -> dict:
     return values
 
 
-def parse_overrides(args: list[str], fields: dict) -> dict:
-    values = {}
-    for arg in args:
+def _takes_value(word: str | None, tp) -> bool:
+    """Whether the word after a bare --key is that key's value (see the module docstring)."""
+    if word is None or word.startswith("--"):
+        return False
+    base, optional = _unpack(tp)
+    if base is not bool:
+        return True
+    return word.strip().lower() in TRUE + FALSE + (("none",) if optional else ())
+
+
+def split_args(argv: list[str], fields: dict) -> tuple[list[str], list[tuple[str, str]]]:
+    """argv -> (the other words, [(key, value text)] in the order given). -h/--help are skipped."""
+    words, settings, i = [], [], 0
+    while i < len(argv):
+        arg, i = argv[i], i + 1
+        if arg in ("-h", "--help"):
+            continue
+        if not arg.startswith("--"):
+            if arg.startswith("-"):
+                raise ConfigError(f"unexpected argument {arg!r}: settings are written --key=value "
+                                  f"or --key value")
+            words.append(arg)
+            continue
         key, eq, text = arg[2:].partition("=")
         key = key.replace("-", "_")  # --batch-size is forgiven
         if key not in fields:
             raise _unknown(key, fields, "on the command line")
         tp = fields[key][0]
         if not eq:
-            if _unpack(tp)[0] is not bool:
-                raise ConfigError(f"--{key} needs a value: write --{key}=VALUE "
-                                  f"(one argument, with '='), VALUE {_article(type_name(tp))}")
-            text = "true"  # a bare --flag turns a bool on
-        values[key] = convert(text, tp, f"--{key}")
-    return values
+            after = argv[i] if i < len(argv) else None
+            if _takes_value(after, tp):
+                text, i = after, i + 1
+            elif _unpack(tp)[0] is bool:
+                text = "true"  # a bare --flag turns a bool on
+            else:
+                raise ConfigError(f"--{key} needs a value: write --{key}=VALUE or --{key} VALUE, "
+                                  f"VALUE {_article(type_name(tp))}")
+        settings.append((key, text))
+    return words, settings
 
 
-def parse_config(cls, argv: list[str], *, prog: str, description: str):
-    """Build an instance of dataclass `cls` from defaults, an optional TOML file and
-    --key=value overrides in `argv` (sys.argv[1:]). --help prints the keys and exits 0."""
-    _, values = read_args(cls, argv, prog=prog, description=description)
+def parse_config(cls, argv: list[str], *, prog: str, description: str, no_config: str | None = None):
+    """Build an instance of dataclass `cls` from defaults, an optional TOML file and the
+    settings in `argv` (sys.argv[1:]). --help prints the keys and exits 0. no_config: see
+    read_args."""
+    _, values = read_args(cls, argv, prog=prog, description=description, no_config=no_config)
     return build(cls, values)
 
 
-def read_args(cls, argv: list[str], *, prog: str, description: str) -> tuple[Path | None, dict]:
+def read_args(cls, argv: list[str], *, prog: str, description: str,
+              no_config: str | None = None) -> tuple[Path | None, dict]:
     """The two upper layers on their own: (the config file or None, {key: value} set by the
     file and the command line, already converted). For programs that put a layer of their
-    own under them (train.py: a resumed run's config). --help prints the keys and exits 0."""
+    own under them (train.py: a resumed run's config). --help prints the keys and exits 0.
+
+    no_config: for a program that takes no config file, what to do instead (e.g. "pick the
+    run with --out_dir=DIR"); --help then leaves CONFIG out and any other word is an error."""
     fields = _fields(cls)
     want_help = any(a in ("-h", "--help") for a in argv)
-    files = [a for a in argv if not a.startswith("-")]
-    overrides = [a for a in argv if a.startswith("--") and a != "--help"]
-    strays = [a for a in argv if a.startswith("-") and not a.startswith("--") and a != "-h"]
-    if strays:
-        raise ConfigError(f"unexpected argument {strays[0]!r}: settings are written --key=value")
-    if len(files) > 1:
-        raise ConfigError(f"give at most one config file, got {files}; any other setting is "
-                          f"written --key=value (one argument, with '=')")
-    # the overrides are checked first: `--n_layer 4` is reported as a missing '=', not as
-    # a config file called "4"
-    from_cli = {} if want_help else parse_overrides(overrides, fields)
+    try:
+        words, settings = split_args(argv, fields)
+        if words and no_config is not None:
+            raise ConfigError(f"{prog} takes --key=value (or --key value) settings only, not "
+                              f"{words[0]!r}; {no_config}")
+        if len(words) > 1:
+            raise ConfigError(f"give at most one config file, got {words}; any other setting is "
+                              f"written --key=value or --key value")
+    except ConfigError:
+        if not want_help:
+            raise
+        words, settings = [], []  # --help wins over a mistake beside it
+    # the settings are converted first: a bad value is reported before the file is read
+    from_cli = {} if want_help else {k: convert(text, fields[k][0], f"--{k}") for k, text in settings}
     path, values, source = None, {}, {}
-    if files:
-        path = find_config_file(files[0])
+    if words:
+        path = find_config_file(words[0])
         values = read_config_file(path, fields)
         source = {k: path.name for k in values}
     if want_help:
-        print_help(cls, fields, values, source, prog, description)
+        try:
+            print_help(cls, fields, values, source, prog, description, no_config is None)
+            sys.stdout.flush()
+        except BrokenPipeError:  # `--help | head` has what it wanted; no traceback, now or at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
     return path, {**values, **from_cli}
 
@@ -273,7 +318,7 @@ def field_comments(cls) -> dict:
     return comments
 
 
-def print_help(cls, fields, values, source, prog, description):
+def print_help(cls, fields, values, source, prog, description, config_file=True):
     comments = field_comments(cls)
     helps = {f.name: f.metadata.get("help") or comments.get(f.name, "") for f in dataclasses.fields(cls)}
     rows = []
@@ -286,10 +331,14 @@ def print_help(cls, fields, values, source, prog, description):
         rows.append((f"--{key}={shown}", type_name(tp), note))
     w1 = max(len(r[0]) for r in rows) + 2
     w2 = max(len(r[1]) for r in rows) + 2
-    out = [f"usage: {prog} [CONFIG] [--key=value ...]", "", description.strip(), "",
-           "CONFIG: a TOML file of `key = value` lines, or the name of one in configs/ "
-           f"({', '.join(available_configs()) or 'none yet'}).",
-           "Later wins: defaults < CONFIG < --key=value. A bool may be written as a bare --key.",
-           "", "settings (--key=value, type, what it does):"]
+    out = [f"usage: {prog}{' [CONFIG]' if config_file else ''} [--key=value ...]", "",
+           description.strip(), ""]
+    if config_file:
+        out += ["CONFIG: a TOML file of `key = value` lines, or the name of one in configs/ "
+                f"({', '.join(available_configs()) or 'none yet'}).",
+                "Later wins: defaults < CONFIG < the command line."]
+    out += ["A setting is --key=value or --key value. A bool alone (--compile) means true;",
+            "it takes the next word as its value only if that is a bool: --compile false.",
+            "", "settings (--key=value, type, what it does):"]
     out += [f"  {a:<{w1}}{b:<{w2}}{c}".rstrip() for a, b, c in rows]
     print("\n".join(out))

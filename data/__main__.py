@@ -2,15 +2,19 @@
 python -m data prepare [--dataset=NAME|PATH] [--tokenizer=char|gpt2|bpe] [--vocab_size=N]
                        [--source=PATH] [--root=DIR] [--force] [--quiet]
 
-Prepares a dataset (see data/corpora.py) and prints where it went and its sizes.
-A DataError is printed as "error: <message>" with exit status 1, never as a traceback.
+Prepares a dataset (see data/corpora.py) and prints where it went and its sizes. The options
+also answer to train.py's names for the same settings (--tokenizer_vocab_size, --data_source,
+--data_root), so a train.py command line's data part can be pasted here. A UserError (a
+DataError, or a file that cannot be written) is printed as "error: <message>" with exit
+status 1, never as a traceback.
 """
 
 import argparse
 import os
 import sys
 
-from . import DataError, load_meta, prepare
+from common.errors import UserError
+from . import load_meta, prepare
 from .corpora import DATASETS
 from .prepare import DEFAULT_BPE_VOCAB, DEFAULT_DATASET
 
@@ -25,11 +29,14 @@ def main(argv=None):
                         f"(default: {DEFAULT_DATASET}, works offline)")
     p.add_argument("--tokenizer", default="char",
                    help="char, gpt2 (needs a network once) or bpe (default: char)")
-    p.add_argument("--vocab_size", type=int, default=None,
+    # the second name of each is train.py's name for the same setting
+    p.add_argument("--vocab_size", "--tokenizer_vocab_size", dest="vocab_size", type=int, default=None,
+                   metavar="N",
                    help=f"bpe only: vocabulary size to train (default: {DEFAULT_BPE_VOCAB})")
-    p.add_argument("--source", default=None,
+    p.add_argument("--source", "--data_source", dest="source", default=None, metavar="PATH",
                    help="tinyshakespeare only: a local copy of input.txt instead of downloading")
-    p.add_argument("--root", default=None, help="where prepared datasets go (default: data/prepared)")
+    p.add_argument("--root", "--data_root", dest="root", default=None, metavar="DIR",
+                   help="where prepared datasets go (default: data/prepared)")
     p.add_argument("--dtype", default=None,
                    help="uint16 or uint32 (default: the smallest that fits the vocab)")
     p.add_argument("--force", action="store_true", help="redo it even if already prepared")
@@ -39,7 +46,7 @@ def main(argv=None):
         out = prepare(args.dataset, args.tokenizer, vocab_size=args.vocab_size, source=args.source,
                       root=args.root, force=args.force, quiet=args.quiet, dtype=args.dtype)
         m = load_meta(out)
-    except DataError as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     rel = os.path.relpath(out)

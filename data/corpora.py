@@ -8,7 +8,7 @@ Three kinds of dataset, each returned as a Corpus (train text, val text, provena
   Split: whole plays held out (VAL_PLAYS below, about 10% of the characters), so val measures
   generalization to scenes the model has never seen, not to the next page of the same scene.
 - "tinyshakespeare": karpathy/char-rnn's input.txt, the field's standard, so our numbers can be
-  put beside nanoGPT's. Downloaded (checksum verified) or read from a local copy (--source).
+  put beside nanoGPT's. Downloaded (checksum verified) or read from a local copy (--data_source).
   Split exactly as nanoGPT: first 90% of the characters train, last 10% val.
 - any path: a UTF-8 .txt file or a folder of them (sorted by path, joined with a blank line).
   Split: first 90% of the characters train, last 10% val.
@@ -162,6 +162,8 @@ def tinyshakespeare(source=None, cache_dir=None, url=None, sha256=None):
     url, sha256 = url or TINY_URL, sha256 or TINY_SHA256  # read at call time so tests can patch
     cached = Path(cache_dir or tempfile.gettempdir()) / "tinyshakespeare.txt"
     if source is not None:
+        if Path(source).is_dir():
+            raise DataError(f"--data_source={source} is a folder; give the input.txt file itself")
         text, where = read_text(source), str(Path(source).resolve())
     else:
         if not cached.exists():
@@ -169,11 +171,11 @@ def tinyshakespeare(source=None, cache_dir=None, url=None, sha256=None):
                 download(url, cached, sha256)
             except DataError as e:
                 raise DataError(f"{e}; offline? download input.txt on another machine and pass it "
-                                "with --source=PATH") from None
+                                "with --data_source=PATH") from None
         text, where = read_text(cached), f"{url} (local copy, sha256 verified)"
     if sha256_text(text) != sha256:
         raise DataError(f"{where} is not Tiny Shakespeare (sha256 {sha256_text(text)}, expected "
-                        f"{sha256}); pass an unmodified copy of {TINY_URL} with --source=PATH")
+                        f"{sha256}); pass an unmodified copy of {TINY_URL} with --data_source=PATH")
     if source is not None and not cached.exists():  # keep the verified copy: later runs need no --source
         atomic_write(cached, text)
     train, val = split_tail(text)
@@ -184,14 +186,26 @@ def tinyshakespeare(source=None, cache_dir=None, url=None, sha256=None):
 # -----------------------------------------------------------------------------
 # any text the user brings
 
+def no_such(path):
+    """'no such file or folder: PATH', naming the file in the way if PATH runs through one."""
+    p = Path(path).parent
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    why = f" ({p} is a file, not a folder)" if p.is_file() else ""
+    return DataError(f"no such file or folder: {path}{why}")
+
+
 def read_text(path):
     """A UTF-8 text file, or a clear DataError saying what is wrong with it."""
     path = Path(path)
     if not path.exists():
-        raise DataError(f"no such file or folder: {path}")
+        raise no_such(path)
     if not path.is_file():
         raise DataError(f"{path} is not a regular file")
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as e:  # permission denied, an I/O error: nothing in the text to fix
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
     if not data.strip():
         raise DataError(f"{path} is empty; give a text file with something in it")
     if b"\x00" in data:
@@ -221,7 +235,7 @@ def user_text(path):
 def load_corpus(dataset, source=None, cache_dir=None):
     """A Corpus for a dataset name or a path to a .txt file / folder of .txt files."""
     if source is not None and dataset != "tinyshakespeare":
-        raise DataError("--source is only for --dataset=tinyshakespeare; pass other text as --dataset=PATH")
+        raise DataError("--data_source is only for --dataset=tinyshakespeare; pass other text as --dataset=PATH")
     if dataset == "shakespeare":
         return shakespeare()
     if dataset == "tinyshakespeare":
@@ -229,6 +243,6 @@ def load_corpus(dataset, source=None, cache_dir=None):
     if Path(dataset).exists():
         return user_text(dataset)
     if dataset.endswith(".txt") or os.sep in dataset or "/" in dataset:
-        raise DataError(f"no such file or folder: {dataset}")
+        raise no_such(dataset)
     raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}, "
                     "or give a path to a .txt file or a folder of .txt files")

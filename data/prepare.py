@@ -4,16 +4,21 @@ prepare(): raw text -> tokenizer -> train.bin, val.bin, meta.json in one folder.
     data/prepared/<name>-<tokenizer>[-<vocab_size>]/
         train.bin, val.bin   flat token ids, uint16 while the vocab fits (<= 65536), else uint32
         meta.json            dataset, source, split, sha256 of the raw text, sizes, dtype and the
-                             tokenizer's to_dict(): everything needed to read the bins and decode
+                             tokenizer's to_dict(): everything needed to read the bins and decode;
+                             its "request" records what was asked for, and for bpe the library
+                             that trained it ("trainer": "rustbpe==0.1.0")
 
 Every file is written to a temp name and renamed, and meta.json is written last, so its presence
 means "complete": an interrupted run leaves no folder that passes for a prepared dataset.
-Calling prepare() again with the same request and unchanged text returns at once.
+Calling prepare() again with the same request, the same BPE trainer version and unchanged text
+returns at once; anything else prepares it again.
 """
 
 import json
+import os
 import re
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +27,7 @@ from tqdm import tqdm
 from common.files import atomic_write
 from . import DataError
 from .corpora import load_corpus
-from .tokenizers import KINDS, check_bpe_vocab, check_kind
+from .tokenizers import KINDS, bpe_trainer, check_bpe_vocab, check_kind
 
 FORMAT = 2  # bump when the layout, a split rule or BPE training changes: old preparations are redone
 DEFAULT_DATASET = "shakespeare"
@@ -44,9 +49,14 @@ def pieces(text, size=1 << 20):
         i = j
 
 
+def show_bar(quiet, text):
+    """A bar only when it takes a while, and only on a terminal: in a log file (stderr
+    redirected) its \r frames would pile up on one line (train.py's bar follows the same rule)."""
+    return not quiet and len(text) >= 1 << 20 and sys.stderr.isatty()
+
+
 def encode(tok, text, desc, quiet):
-    bar = tqdm(total=len(text), desc=desc, unit="char", unit_scale=True,
-               disable=quiet or len(text) < 1 << 20)  # a bar only when it takes a while
+    bar = tqdm(total=len(text), desc=desc, unit="char", unit_scale=True, disable=not show_bar(quiet, text))
     out = []
     for p in pieces(text):
         out.append(np.array(tok.encode(p), dtype=np.int64))
@@ -84,6 +94,21 @@ def load_meta(dir):
     return meta
 
 
+def check_folder(path, what, write=True):
+    """A DataError now, not a traceback after minutes of downloading or training, if path is
+    not a folder (we can write in, if write), nor could be made one. Creates nothing."""
+    p = path
+    while not p.exists() and p != p.parent:  # the nearest part of path that exists decides
+        p = p.parent
+    if not p.is_dir():
+        blame = "it is a file" if p == path else f"{p} is a file"
+        raise DataError(f"cannot use {path} as {what}: {blame}, not a folder; choose another "
+                        f"--data_root (or move the file away)")
+    if write and not os.access(p, os.W_OK | os.X_OK):
+        raise DataError(f"cannot use {path} as {what}: {p} is not writable (permission denied); "
+                        f"choose another --data_root")
+
+
 def is_complete(out, corpus, request):
     """True if out already holds this exact preparation (same text, request and format)."""
     try:
@@ -106,23 +131,34 @@ def prepare(dataset=DEFAULT_DATASET, tokenizer="char", *, vocab_size=None, sourc
         vocab_size = DEFAULT_BPE_VOCAB if vocab_size is None else vocab_size
         check_bpe_vocab(vocab_size)
     elif vocab_size is not None:
-        raise DataError(f"--vocab_size only applies to --tokenizer=bpe (the {tokenizer} vocabulary is fixed)")
+        raise DataError(f"--tokenizer_vocab_size only applies to --tokenizer=bpe (the {tokenizer} "
+                        f"vocabulary is fixed)")
     if dtype is not None:
         pick_dtype(0, dtype)
     root = Path(root) if root is not None else DEFAULT_ROOT
+    check_folder(root, "the data root", write=False)  # a read-only root may hold what is asked for
     corpus = load_corpus(str(dataset), source, cache_dir=root / "downloads")
     out = root / (f"{corpus.name}-{tokenizer}" + (f"-{vocab_size}" if tokenizer == "bpe" else ""))
     request = {"tokenizer": tokenizer, "vocab_size": vocab_size, "dtype": dtype}
+    if tokenizer == "bpe":  # another rustbpe may merge differently: a new version redoes the work
+        request["trainer"] = bpe_trainer()
     if not force and is_complete(out, corpus, request):
         log(f"{out} is already prepared (pass force=True / --force to redo it)")
         return out
+    check_folder(out, "the dataset's folder")  # before the work, not after it
 
     log(f"preparing {corpus.name} ({corpus.source}) with the {tokenizer} tokenizer")
     if tokenizer == "char":  # vocab from the whole text, as nanoGPT, so val has no unknown chars
         tok = KINDS["char"].train(corpus.train + corpus.val)
     elif tokenizer == "bpe":  # trained on train only: val stays unseen
         log(f"training a {vocab_size}-token BPE on {len(corpus.train):,} characters")
-        tok = KINDS["bpe"].train(corpus.train, vocab_size)
+        t0 = time.perf_counter()
+        with tqdm(desc="training bpe", unit="merge", disable=not show_bar(quiet, corpus.train)) as bar:
+            def progress(done, total):
+                bar.total = total
+                bar.update(done - bar.n)  # update(), not refresh(): it keeps tqdm's frame rate
+            tok = KINDS["bpe"].train(corpus.train, vocab_size, progress=None if bar.disable else progress)
+        log(f"trained the BPE in {time.perf_counter() - t0:.1f}s")
         if tok.vocab_size < vocab_size:
             log(f"note: the text only supports {tok.vocab_size - 256} merges: the vocab is {tok.vocab_size}")
     else:
@@ -135,7 +171,11 @@ def prepare(dataset=DEFAULT_DATASET, tokenizer="char", *, vocab_size=None, sourc
             raise DataError(f"the {s} split of {corpus.name} is empty; the text is too short "
                             f"({len(corpus.train) + len(corpus.val)} characters), give more text")
 
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # what check_folder cannot foresee: a read-only disk, a full one, a race
+        raise DataError(f"cannot create the folder {out}: {e.strerror or e}; choose another "
+                        f"--data_root") from None
     (out / "meta.json").unlink(missing_ok=True)  # a stale meta must not vouch for new bins
     for s, a in ids.items():
         atomic_write(out / f"{s}.bin", a.astype(DTYPES[dt]).tobytes())

@@ -7,12 +7,16 @@ with nothing else on disk (except GPT-2, whose 50k ranks tiktoken keeps in its o
 - GPT2Tokenizer: OpenAI's GPT-2 BPE via tiktoken (50257 tokens). The ranks are downloaded once
   into tiktoken's cache; offline without that cache it fails with a DataError saying so.
 - BPETokenizer: a byte-level BPE trained on our own train split with rustbpe (GPT-4 style split
-  pattern), run by tiktoken. Byte-level, so encode -> decode is exact for any text.
+  pattern), run by tiktoken. Byte-level, so encode -> decode is exact for any text. Training
+  reports its merges to a progress callback, read from rustbpe's log lines (its only hook).
 All three encode "<|endoftext|>" as ordinary text: there are no special tokens.
 """
 
 import base64
+import contextlib
 import hashlib
+import importlib.metadata
+import logging
 import os
 import re
 import tempfile
@@ -107,6 +111,16 @@ class GPT2Tokenizer(_TiktokenTokenizer):
         return {"kind": "gpt2"}
 
 
+def bpe_trainer():
+    """"rustbpe==X.Y.Z": the library that trains our BPEs and its version. meta.json records it,
+    since another version may learn other merges from the same text (pyproject.toml pins it)."""
+    try:
+        return f"rustbpe=={importlib.metadata.version('rustbpe')}"
+    except importlib.metadata.PackageNotFoundError:
+        raise DataError("--tokenizer=bpe needs the rustbpe package; run: pip install -e . "
+                        "(pyproject.toml pins its version)") from None
+
+
 class BPETokenizer(_TiktokenTokenizer):
     kind = "bpe"
 
@@ -123,13 +137,15 @@ class BPETokenizer(_TiktokenTokenizer):
         self.vocab_size = len(self.ranks)
 
     @classmethod
-    def train(cls, text, vocab_size):
+    def train(cls, text, vocab_size, progress=None):
+        """progress(merges done, merges in all), if given, is called as training goes."""
         import rustbpe
         check_bpe_vocab(vocab_size)
         tok = rustbpe.Tokenizer()
         # feed it speech-sized pieces, each keeping its closing blank line (so ".\n\n" can merge):
         # rustbpe counts the regex chunks of the pieces in parallel
-        tok.train_from_iterator(iter(re.split(r"(?<=\n\n)", text)), vocab_size)
+        with rustbpe_progress(progress):
+            tok.train_from_iterator(iter(re.split(r"(?<=\n\n)", text)), vocab_size)
         ranks = sorted(tok.get_mergeable_ranks(), key=lambda br: br[1])
         assert [r for _, r in ranks] == list(range(len(ranks))), "rustbpe ranks are not 0..n-1"
         return cls([b for b, _ in ranks], tok.get_pattern())
@@ -138,6 +154,45 @@ class BPETokenizer(_TiktokenTokenizer):
         # JSON has no bytes: base64 each token, in rank order
         return {"kind": "bpe", "pattern": self.pattern,
                 "ranks": [base64.b64encode(b).decode("ascii") for b in self.ranks]}
+
+
+class _MergeCounter(logging.Handler):
+    """rustbpe has no progress callback; it logs its progress through Python's logging (pyo3-log,
+    logger "rustbpe"): "Starting BPE training: N merges to compute", "Progress: P% (k/N merges)
+    ...", "Finished training: k merges completed" (k < N when the text runs out of pairs)."""
+
+    def __init__(self, progress):
+        super().__init__()
+        self.progress = progress
+
+    def emit(self, record):
+        if self.progress is None:
+            return
+        msg = record.getMessage()
+        if m := re.match(r"Starting BPE training: (\d+) merges", msg):
+            self.progress(0, int(m[1]))
+        elif m := re.match(r"Progress: \d+% \((\d+)/(\d+) merges\)", msg):
+            self.progress(int(m[1]), int(m[2]))
+        elif m := re.match(r"Finished training: (\d+) merges", msg):
+            self.progress(int(m[1]), int(m[1]))
+
+
+@contextlib.contextmanager
+def rustbpe_progress(progress):
+    """Route rustbpe's progress log lines to progress(done, total), and nowhere else, while
+    one training runs. INFO is turned on even without a progress: pyo3-log remembers whether a
+    level was enabled the first time it logged, so a first quiet training would mute later bars."""
+    log = logging.getLogger("rustbpe")
+    handler, level, propagate = _MergeCounter(progress), log.level, log.propagate
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False  # these INFO lines are ours: not for the root logger's handlers
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+        log.propagate = propagate
 
 
 KINDS = {"char": CharTokenizer, "gpt2": GPT2Tokenizer, "bpe": BPETokenizer}
@@ -151,7 +206,7 @@ def check_kind(kind):
 def check_bpe_vocab(vocab_size):
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or \
             not MIN_BPE_VOCAB <= vocab_size <= MAX_BPE_VOCAB:
-        raise DataError(f"--vocab_size={vocab_size} is out of range; a bpe vocabulary needs "
+        raise DataError(f"--tokenizer_vocab_size={vocab_size} is out of range; a bpe vocabulary needs "
                         f"{MIN_BPE_VOCAB} to {MAX_BPE_VOCAB} tokens (256 bytes + merges), e.g. 2048")
 
 

@@ -43,6 +43,33 @@ def test_overrides_parse_to_the_field_type():
         assert parse(f"--compile={word}").compile is value
 
 
+def test_key_space_value_reads_as_key_equals_value():
+    c = parse("--n_layer", "4", "--learning_rate", "-1e-3", "--out_dir", "-x", "--n_kv_head", "none")
+    assert (c.n_layer, c.learning_rate, c.out_dir, c.n_kv_head) == (4, -1e-3, "-x", None)
+    assert parse("--compile", "--n_layer", "4") == Demo(compile=True, n_layer=4)
+    assert parse("--n_layer", "4", "--compile") == Demo(compile=True, n_layer=4)
+    for word, value in [("false", False), ("OFF", False), ("1", True), ("yes", True)]:
+        assert parse("--compile", word).compile is value  # a bool word after a bool is its value
+    assert parse("--device", "CPU", "--tag", "a=b") == Demo(device="cpu", tag="a=b")
+    assert parse("--n_layer=2", "--n_layer", "3").n_layer == 3  # later wins, both spellings
+
+
+def test_optional_bool_takes_none_as_its_value(tmp_path):
+    @dataclass
+    class Opt:
+        compile: bool | None = None
+    c = parse_config(Opt, ["--compile", "none"], prog="x", description="")
+    assert c.compile is None
+    assert parse_config(Opt, ["--compile", "false"], prog="x", description="").compile is False
+    assert parse_config(Opt, ["--compile"], prog="x", description="").compile is True
+
+
+def test_a_bool_flag_then_a_config_file(tmp_path):
+    f = tmp_path / "run.toml"
+    f.write_text("n_layer = 2\n")
+    assert parse("--compile", str(f)) == Demo(compile=True, n_layer=2)
+
+
 def test_toml_file_then_command_line(tmp_path):
     f = tmp_path / "run.toml"
     f.write_text('# a comment\nn_layer = 2\nlearning_rate = 3\nout_dir = "o"\ncompile = true\n')
@@ -65,7 +92,10 @@ def test_bare_name_resolves_to_configs_dir():
     (["--compile=maybe"], ["must be a bool", "true or false"]),
     (["--device=cdua"], ["one of auto|cpu|cuda", "did you mean cuda"]),
     (["--n_kv_head=two"], ["an int or none"]),
-    (["--n_layer", "4"], ["--n_layer needs a value", "--n_layer=VALUE"]),
+    (["--n_layer"], ["--n_layer needs a value", "--n_layer=VALUE or --n_layer VALUE", "an int"]),
+    (["--n_layer", "--compile"], ["--n_layer needs a value"]),  # a --word is never a value
+    (["--compile", "4"], ["no config named '4'"]),  # not a bool: the flag alone, then a file
+    (["--n_layer", "4", "--learning_rat", "1"], ["unknown key 'learning_rat'"]),
     (["--n_layer=101"], ["n_layer must be at most 100"]),
     (["-n"], ["unexpected argument '-n'"]),
     (["shakespear_char"], ["no config named 'shakespear_char'", "did you mean shakespeare_char"]),
@@ -122,3 +152,43 @@ def test_read_args_returns_only_what_was_set(tmp_path):
     assert load_config_file(Demo, str(f)) == {"n_layer": 2}
     assert build(Demo, {**values, "tag": "t"}) == Demo(n_layer=2, compile=True, tag="t")
     assert read_args(Demo, [], prog="demo.py", description="") == (None, {})
+
+
+def test_help_says_both_spellings(capsys):
+    with pytest.raises(SystemExit):
+        parse("--help")
+    out = capsys.readouterr().out
+    assert "--key=value or --key value" in out and "--compile false" in out
+
+
+def test_help_wins_over_a_mistake_beside_it(capsys):
+    for argv in (["--n_layr", "4", "--help"], ["--n_layer", "-h"], ["a.toml", "b.toml", "-h"]):
+        with pytest.raises(SystemExit) as e:
+            parse(*argv)
+        assert e.value.code == 0 and "usage: demo.py" in capsys.readouterr().out
+
+
+def parse_no_config(*argv):
+    return parse_config(Demo, list(argv), prog="demo.py", description="A demo.",
+                        no_config="name the run with --out_dir=DIR")
+
+
+def test_no_config_program_lists_only_its_settings(capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_no_config("--help")
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: demo.py [--key=value ...]\n") and "--n_layer=6" in out
+    assert "CONFIG" not in out and "configs/" not in out
+    assert ", ".join(available_configs()) not in out  # the training configs are not offered
+    assert parse_no_config("--n_layer", "2") == Demo(n_layer=2)
+
+
+@pytest.mark.parametrize("argv", [[available_configs()[0]], ["run.toml"], ["--n_layer", "2", "out"]])
+def test_no_config_program_refuses_a_word_with_its_hint(argv):
+    with pytest.raises(ConfigError) as e:
+        parse_no_config(*argv)
+    msg = str(e.value)
+    assert msg.startswith("demo.py takes --key=value (or --key value) settings only, not ")
+    assert repr(argv[-1]) in msg and msg.endswith("; name the run with --out_dir=DIR")
+    assert "\n" not in msg

@@ -1,9 +1,14 @@
 """Corpora and prepare(): every dataset kind on text the tests write, the download path on local
 files (never the network), idempotence, dtypes, the CLI, and every bad input."""
 
+import errno
 import hashlib
 import importlib
+import importlib.metadata
+import io
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -174,6 +179,42 @@ def test_prepare_is_idempotent(tmp_path, monkeypatch):
     assert (d / "train.bin").stat().st_mtime_ns != stamp
 
 
+def test_bpe_records_its_trainer_and_another_version_prepares_again(tmp_path, monkeypatch):
+    src = write(tmp_path / "poem.txt", POEM)
+    d = prepare(src, "bpe", vocab_size=280, root=tmp_path, quiet=True)
+    meta = load_meta(d)
+    assert meta["request"]["trainer"] == f"rustbpe=={importlib.metadata.version('rustbpe')}"
+    prep = importlib.import_module("data.prepare")
+    monkeypatch.setattr(prep, "encode", lambda *a: pytest.fail("redid the work"))
+    assert prepare(src, "bpe", vocab_size=280, root=tmp_path, quiet=True) == d  # same version: kept
+    monkeypatch.undo()
+    meta["request"]["trainer"] = "rustbpe==0.0.1"  # as if an older rustbpe had trained it
+    (d / "meta.json").write_text(json.dumps(meta))
+    stamp = (d / "train.bin").stat().st_mtime_ns
+    prepare(src, "bpe", vocab_size=280, root=tmp_path, quiet=True)
+    assert (d / "train.bin").stat().st_mtime_ns != stamp
+    assert load_meta(d)["request"]["trainer"] == f"rustbpe=={importlib.metadata.version('rustbpe')}"
+    # char and gpt2 preparations need no trainer: their request is as before
+    assert "trainer" not in load_meta(prepare(src, root=tmp_path, quiet=True))["request"]
+
+
+def test_bpe_without_rustbpe_says_how_to_install_it(tmp_path, monkeypatch):
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+    monkeypatch.setattr(importlib.metadata, "version", missing)
+    with pytest.raises(DataError, match=r"needs the rustbpe package; run: pip install -e \."):
+        prepare(write(tmp_path / "poem.txt", POEM), "bpe", root=tmp_path, quiet=True)
+
+
+def test_a_prepared_dataset_in_a_read_only_folder_is_used(tmp_path, monkeypatch):
+    src = write(tmp_path / "poem.txt", POEM)
+    d = prepare(src, root=tmp_path / "shared", quiet=True)
+    monkeypatch.setattr(os, "access", lambda *a, **k: False)  # nothing is writable now
+    assert prepare(src, root=tmp_path / "shared", quiet=True) == d
+    with pytest.raises(DataError, match="is not writable"):
+        prepare(src, root=tmp_path / "shared", quiet=True, force=True)
+
+
 def test_uint32_when_the_vocab_outgrows_uint16(tmp_path):
     chars = "".join(map(chr, range(0x10000, 0x10000 + 70_000)))  # 70k distinct code points
     src = write(tmp_path / "wide.txt", chars + chars[::-1])
@@ -183,6 +224,39 @@ def test_uint32_when_the_vocab_outgrows_uint16(tmp_path):
     assert decoded(d, "train") + decoded(d, "val") == chars + chars[::-1]
     with pytest.raises(DataError, match="does not fit in uint16"):
         prepare(src, root=tmp_path, quiet=True, force=True, dtype="uint16")
+
+
+# -----------------------------------------------------------------------------
+# progress: bars on a terminal only
+
+LONG = POEM * 300  # train split over 2**20 characters: long enough for the bars (see the next test)
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("tokenizer", ["char", "bpe"])
+def test_no_bar_frames_in_a_log_file(tmp_path, capsys, tokenizer):
+    src = write(tmp_path / "long.txt", LONG)
+    prepare(src, tokenizer, vocab_size=300 if tokenizer == "bpe" else None, root=tmp_path)
+    err = capsys.readouterr().err
+    assert "\r" not in err and "preparing long" in err  # the log lines stay, the bars go
+    if tokenizer == "bpe":
+        assert "training a 300-token BPE on" in err and re.search(r"trained the BPE in \d+\.\ds", err)
+
+
+def test_bars_on_a_terminal(tmp_path, monkeypatch):
+    src = write(tmp_path / "long.txt", LONG)
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    prepare(src, "bpe", vocab_size=300, root=tmp_path)
+    err = sys.stderr.getvalue()
+    assert "\r" in err and "tokenizing train" in err
+    assert re.search(r"training bpe: 100%.*\b44/44 ", err)  # 300 - 256 merges, from rustbpe's log
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    prepare(src, "bpe", vocab_size=300, root=tmp_path, quiet=True, force=True)
+    assert sys.stderr.getvalue() == ""  # quiet is quiet, terminal or not
 
 
 # -----------------------------------------------------------------------------
@@ -226,14 +300,14 @@ def test_tinyshakespeare_corrupt_download_leaves_nothing(tmp_path, tiny, monkeyp
 
 
 def test_tinyshakespeare_offline_says_how_to_supply_it(tmp_path, tiny):
-    with pytest.raises(DataError, match=r"could not download .*--source=PATH"):
+    with pytest.raises(DataError, match=r"could not download .*--data_source=PATH"):
         prepare("tinyshakespeare", root=tmp_path / "out", quiet=True)
     assert [p for p in (tmp_path / "out").rglob("*") if p.is_file()] == []
 
 
 def test_tinyshakespeare_wrong_local_copy(tmp_path, tiny):
     bad = write(tmp_path / "mine.txt", tiny.read_text().replace("a", "b", 1))
-    with pytest.raises(DataError, match="is not Tiny Shakespeare .*--source=PATH"):
+    with pytest.raises(DataError, match="is not Tiny Shakespeare .*--data_source=PATH"):
         prepare("tinyshakespeare", source=bad, root=tmp_path / "out", quiet=True)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.bin"))
 
@@ -264,7 +338,7 @@ def bad_inputs(tmp_path):
         (dict(dataset=tmp_path / "ok.txt", tokenizer="bpe", vocab_size=100), "vocab_size=100 is out of range"),
         (dict(dataset=tmp_path / "ok.txt", tokenizer="char", vocab_size=500), "only applies to --tokenizer=bpe"),
         (dict(dataset=tmp_path / "ok.txt", dtype="int8"), "unknown dtype"),
-        (dict(dataset=tmp_path / "ok.txt", source=tmp_path / "ok.txt"), "--source is only for"),
+        (dict(dataset=tmp_path / "ok.txt", source=tmp_path / "ok.txt"), "--data_source is only for"),
     ]
 
 
@@ -297,6 +371,24 @@ def test_cli_prepare(tmp_path, capsys):
     assert "poem-bpe-280" in out and "vocab 280" in out and f"from {int(len(POEM) * 0.9):,}" in out
 
 
+def test_cli_takes_train_py_names_too(tmp_path, tiny, capsys):
+    # train.py's names for the same settings, in both spellings argparse accepts
+    src = write(tmp_path / "poem.txt", POEM)
+    assert main(["prepare", f"--dataset={src}", "--tokenizer", "bpe", "--tokenizer_vocab_size", "280",
+                 "--data_root", str(tmp_path / "a"), "--quiet"]) == 0
+    assert (tmp_path / "a" / "poem-bpe-280" / "meta.json").is_file()
+    assert main(["prepare", "--dataset=tinyshakespeare", f"--data_source={tiny}",
+                 f"--data_root={tmp_path / 'b'}", "--quiet"]) == 0
+    assert load_meta(tmp_path / "b" / "tinyshakespeare-char")["source"] == str(tiny.resolve())
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["prepare", "--help"])
+    out = capsys.readouterr().out
+    for pair in ("--vocab_size N, --tokenizer_vocab_size N", "--source PATH, --data_source PATH",
+                 "--root DIR, --data_root DIR"):
+        assert pair in out
+
+
 def test_cli_error_is_one_line_no_traceback(tmp_path, capsys):
     assert main(["prepare", "--dataset=nonsense", f"--root={tmp_path}"]) == 1
     err = capsys.readouterr().err
@@ -310,6 +402,86 @@ def test_cli_help(capsys):
         assert e.value.code == 0
     out = capsys.readouterr().out
     assert "prepare" in out and "--tokenizer" in out and "--source" in out and "--vocab_size" in out
+
+
+# every path a user gives that cannot be used: exit 1 and one error line naming it, never a
+# traceback. {id: (argv, what the message must name, words it must hold)}, {t} = tmp_path
+BAD_PATHS = {
+    "root is a file": (["--root={t}/afile"], "{t}/afile", "it is a file, not a folder"),
+    "data_root is a file": (["--data_root", "{t}/afile"], "{t}/afile", "it is a file, not a folder"),
+    "root inside a file": (["--root={t}/afile/sub"], "{t}/afile/sub", "{t}/afile is a file, not a folder"),
+    "dataset .txt inside a file": (["--dataset={t}/afile/x.txt"], "{t}/afile/x.txt",
+                                   "{t}/afile is a file, not a folder"),
+    "dataset path inside a file": (["--dataset={t}/afile/x"], "{t}/afile/x", "{t}/afile is a file, not a folder"),
+    "source is a folder": (["--dataset=tinyshakespeare", "--source={t}"], "--data_source={t} ",
+                           "is a folder; give the input.txt"),
+    "data_source is a folder": (["--dataset=tinyshakespeare", "--data_source", "{t}"], "--data_source={t} ",
+                                "is a folder"),
+    "dataset folder is a file": (["--root={t}/taken"], "{t}/taken/poem-char", "it is a file, not a folder"),
+    "downloads is a file": (["--root={t}/dl", "--dataset=tinyshakespeare"], "{t}/dl/downloads",
+                            "is a file, not a folder"),
+    "root in a locked folder": (["--root={t}/locked/data"], "{t}/locked", "is not writable (permission denied)"),
+    "root is a locked folder": (["--root={t}/locked"], "{t}/locked", "is not writable (permission denied)"),
+    "dataset unreadable": (["--dataset={t}/secret.txt"], "cannot read {t}/secret.txt", "ermission denied"),
+    "root on a read-only disk": (["--root={t}/rofs/data"], "{t}/rofs/data/poem-char", "Read-only file system"),
+}
+
+
+@pytest.fixture
+def paths(tmp_path, monkeypatch):
+    """tmp_path with poem.txt, afile (a file), taken/poem-char and dl/downloads (files where
+    prepare puts a folder); locked/, a folder nothing can be created in: chmod 555, or for root,
+    whom modes do not stop, the os.access and os.mkdir answers anyone else would get there; and
+    rofs/, where os.mkdir fails as on a read-only disk, which no check beforehand can foresee;
+    secret.txt, unreadable (chmod 000, or for root a read that fails as it would for others)."""
+    write(tmp_path / "poem.txt", POEM)
+    write(tmp_path / "afile", "not a folder")
+    write(tmp_path / "taken" / "poem-char", "not a folder")
+    write(tmp_path / "dl" / "downloads", "not a folder")  # where tinyshakespeare's download goes
+    secret = write(tmp_path / "secret.txt", POEM)
+    locked, rofs = tmp_path / "locked", tmp_path / "rofs"
+    locked.mkdir()
+    rofs.mkdir()
+    as_root = os.geteuid() == 0
+    if not as_root:
+        locked.chmod(0o555)
+        secret.chmod(0o000)
+    real_mkdir, real_access, real_read = os.mkdir, os.access, Path.read_bytes
+
+    def mkdir(path, *args, **kwargs):
+        if as_root and Path(path).is_relative_to(locked):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        if Path(path).is_relative_to(rofs):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    def access(path, mode, **kwargs):
+        return not (as_root and Path(path) == locked) and real_access(path, mode, **kwargs)
+
+    def read_bytes(path):
+        if as_root and path == secret:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_read(path)
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(os, "access", access)
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    yield tmp_path
+    locked.chmod(0o755)
+
+
+@pytest.mark.parametrize("case", BAD_PATHS)
+def test_cli_bad_paths_are_one_error_line(paths, capsys, case):
+    argv, named, words = BAD_PATHS[case]
+    argv, named, words = [a.format(t=paths) for a in argv], named.format(t=paths), words.format(t=paths)
+    if not any(a.startswith(("--root", "--data_root")) for a in argv):
+        argv.append(f"--root={paths}")
+    if not any(a.startswith("--dataset") for a in argv):
+        argv.append(f"--dataset={paths / 'poem.txt'}")
+    assert main(["prepare", *argv, "--quiet"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("error: ") and err.count("\n") == 1, err
+    assert named in err and words in err, err
+    assert not any(paths.rglob("*.bin"))
 
 
 def test_cli_runs_as_a_module(tmp_path):

@@ -2,6 +2,11 @@
 
 import io
 import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -93,3 +98,39 @@ def test_gpt2_offline_is_a_clear_error(tmp_path, monkeypatch):
 def test_tokenizer_from_dict_rejects_junk(d):
     with pytest.raises(DataError):
         tokenizer_from_dict(d)
+
+
+def test_bpe_training_reports_its_merges():
+    calls = []
+    BPETokenizer.train(TEXT, 300, progress=lambda done, total: calls.append((done, total)))
+    assert calls[0] == (0, 300 - 256) and calls[-1] == (44, 44)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+    calls.clear()  # a text that runs out of pairs early: the bar still ends full, at fewer merges
+    tok = BPETokenizer.train("abcabc abd\n" * 5, 300, progress=lambda done, total: calls.append((done, total)))
+    assert calls[0] == (0, 44) and calls[-1] == (tok.vocab_size - 256,) * 2 and tok.vocab_size < 270
+
+
+def test_rustbpe_log_lines_go_to_the_bar_only(caplog):
+    log = logging.getLogger("rustbpe")
+    log.setLevel(logging.WARNING)  # as a user who silenced it would have it
+    try:
+        before = (log.level, log.propagate, list(log.handlers))
+        caplog.set_level(logging.DEBUG)  # the root logger takes everything: none of it may be rustbpe's
+        BPETokenizer.train(TEXT, 280, progress=lambda done, total: None)
+        BPETokenizer.train(TEXT, 280)
+        assert not [r for r in caplog.records if r.name == "rustbpe"]
+        assert (log.level, log.propagate, list(log.handlers)) == before
+    finally:
+        log.setLevel(logging.NOTSET)
+
+
+def test_a_quiet_bpe_training_does_not_mute_a_later_bar():
+    # pyo3-log remembers the first answer to "is INFO on for rustbpe?": a fresh process shows it
+    code = ("from data import BPETokenizer\n"
+            f"BPETokenizer.train({TEXT!r}, 280)\n"
+            "calls = []\n"
+            f"BPETokenizer.train({TEXT!r}, 280, progress=lambda d, t: calls.append(d))\n"
+            "assert calls, 'no progress after a quiet training'\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=Path(__file__).parents[1], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr

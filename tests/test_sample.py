@@ -252,6 +252,30 @@ def test_bad_input_one_clear_message(run, args, message):
     assert message in err, err
 
 
+@pytest.mark.parametrize("word", ["cpu", "shakespeare_char", "out"])
+def test_a_config_or_other_word_is_refused_pointing_to_out_dir(run, word):
+    # sample.py reads no training config: configs/cpu.toml's keys must not reach SampleConfig
+    rc, out, err = run(word)
+    assert rc == 1 and out == "" and err.count("\n") == 1, err
+    assert err.startswith(f"error: sample.py takes --key=value (or --key value) settings only, not {word!r}")
+    assert "--out_dir=DIR" in err and "unknown key" not in err
+
+
+def test_help_lists_its_own_settings_only(capsys):
+    with pytest.raises(SystemExit) as e:
+        sample_mod.main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and out.startswith("usage: sample.py [--key=value ...]\n")
+    assert "--out_dir=out" in out and "--temperature=0.8" in out and "--key value" in out
+    assert "CONFIG" not in out and "configs/" not in out and "shakespeare_char" not in out
+
+
+def test_key_space_value(run):
+    spaced = run("--prompt", "The ", "--temperature", "0", "--max_new_tokens", "12", "--fast", "false")
+    joined = run("--prompt=The ", "--temperature=0", "--max_new_tokens=12", "--fast=false")
+    assert spaced[:2] == joined[:2] and joined[0] == 0  # same exit code, same text
+
+
 def test_missing_out_dir(run, tmp_path):
     rc, out, err = run(out_dir=tmp_path / "nope")
     assert rc == 1 and "does not exist: train first" in err and err.count("\n") == 1
