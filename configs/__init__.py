@@ -242,14 +242,17 @@ def parse_config(cls, argv: list[str], *, prog: str, description: str, no_config
     return build(cls, values)
 
 
-def read_args(cls, argv: list[str], *, prog: str, description: str,
-              no_config: str | None = None) -> tuple[Path | None, dict]:
-    """The two upper layers on their own: (the config file or None, {key: value} set by the
-    file and the command line, already converted). For programs that put a layer of their
-    own under them (train.py: a resumed run's config). --help prints the keys and exits 0.
+def read_args(cls, argv: list[str], *, prog: str, description: str, no_config: str | None = None,
+              base=None) -> tuple[Path | None, dict]:
+    """The upper layers: (the config file or None, {key: value} set by the file and the
+    command line, already converted). For programs that put a layer of their own under them
+    (train.py: a resumed run's config). --help prints the keys and exits 0.
 
     no_config: for a program that takes no config file, what to do instead (e.g. "pick the
-    run with --out_dir=DIR"); --help then leaves CONFIG out and any other word is an error."""
+    run with --out_dir=DIR"); --help then leaves CONFIG out and any other word is an error.
+    base: a function (config file or None, command-line values) -> ({key: value}, its name)
+    giving a layer between the defaults and the file (train.py: configs/cpu.toml on a machine
+    without a GPU); it is part of the values returned, and --help shows what will run."""
     fields = _fields(cls)
     want_help = any(a in ("-h", "--help") for a in argv)
     try:
@@ -271,6 +274,8 @@ def read_args(cls, argv: list[str], *, prog: str, description: str,
         path = find_config_file(words[0])
         values = read_config_file(path, fields)
         source = {k: path.name for k in values}
+    under, under_name = base(path, from_cli) if base else ({}, None)
+    values, source = {**under, **values}, {**{k: under_name for k in under}, **source}
     if want_help:
         try:
             print_help(cls, fields, values, source, prog, description, no_config is None)

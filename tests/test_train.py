@@ -96,6 +96,23 @@ def test_help_lists_every_key(capsys):
         assert f"--{key}=" in out, key
 
 
+@pytest.mark.parametrize("gpu, argv, shown", [
+    (False, [], ["--n_layer=4 ", "--max_iters=2000 ", "--device=cpu ", "[from cpu.toml]"]),
+    (True, [], ["--n_layer=6 ", "--max_iters=5000 ", "--device=auto "]),
+    (False, ["shakespeare_char"], ["--n_layer=6 ", "--max_iters=5000 ", "[from shakespeare_char.toml]"]),
+])
+def test_help_shows_the_values_that_will_run(monkeypatch, capsys, gpu, argv, shown):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: int(gpu))
+    with pytest.raises(SystemExit):
+        train.main(argv + ["--help"])
+    out = capsys.readouterr().out
+    for s in shown:
+        assert s in out, s
+    if gpu:
+        assert "cpu.toml" not in out
+
+
 @pytest.mark.parametrize("argv, words", [
     (["--learnig_rate=1e-3"], ["unknown key 'learnig_rate'", "did you mean learning_rate"]),
     (["--batch_size=big"], ["--batch_size must be an int"]),

@@ -127,15 +127,26 @@ run below on a GPU, configs/cpu.toml (a few minutes on two cores) without one.""
 
 def load_settings(argv: list[str]) -> tuple[TrainConfig, dict | None, str]:
     """(settings, the checkpoint to resume or None, a line saying where the settings came from)."""
-    path, values = read_args(TrainConfig, argv, prog="train.py", description=DESCRIPTION)
+    path, values = read_args(TrainConfig, argv, prog="train.py", description=DESCRIPTION, base=machine_default)
     if values.get("init_from") == "resume":
         return resume_settings(path, values)
-    base, origin = {}, f"config: {path}" if path else "config: the defaults (configs/shakespeare.toml)"
-    if path is None and resolve_device(values.get("device", "auto")).type != "cuda":
-        base = load_config_file(TrainConfig, "cpu")
+    origin = f"config: {path}" if path else "config: the defaults (configs/shakespeare.toml)"
+    if machine_default(path, values)[0]:
         origin = "config: configs/cpu.toml, the CPU-sized default (no GPU in use; on a GPU " \
                  "`python train.py` runs the full configs/shakespeare.toml)"
-    return build(TrainConfig, {**base, **values}), None, origin
+    return build(TrainConfig, values), None, origin
+
+
+def machine_default(path, values: dict) -> tuple[dict, str | None]:
+    """The layer under a run's settings when no config file is given: configs/cpu.toml where no
+    GPU will run (the full default would take hours on a CPU), nothing on a GPU or on resume."""
+    if path is not None or values.get("init_from") == "resume":
+        return {}, None
+    try:
+        on_gpu = resolve_device(values.get("device", "auto")).type == "cuda"
+    except ConfigError:
+        on_gpu = False  # a bad --device is reported when the run starts
+    return ({}, None) if on_gpu else (load_config_file(TrainConfig, "cpu"), "cpu.toml")
 
 
 def resume_settings(path, values: dict):
