@@ -110,7 +110,7 @@ def test_help_shows_the_values_that_will_run(monkeypatch, capsys, gpu, argv, sho
     for s in shown:
         assert s in out, s
     if gpu:
-        assert "cpu.toml" not in out
+        assert "[from cpu.toml]" not in out
 
 
 @pytest.mark.parametrize("argv, words", [
