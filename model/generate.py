@@ -59,8 +59,8 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
 def check_generate_args(idx, max_new_tokens, temperature, top_k, top_p, num_samples, keep,
                         block_size, generator=None, seed=None):
     """Nonsense values get one clear message before any work is done. Returns (keep, generator):
-    keep defaults to block_size // 2, and a seed becomes a generator on idx's device."""
-    keep = block_size // 2 if keep is None else keep
+    keep defaults to block_size // 2 (at least 1), and a seed becomes a generator on idx's device."""
+    keep = max(1, block_size // 2) if keep is None else keep
     if idx.dim() != 2 or idx.size(1) == 0:
         raise ValueError(f"idx must be (B, T) with T >= 1, got shape {tuple(idx.shape)}")
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
