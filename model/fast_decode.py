@@ -243,14 +243,17 @@ class StaticDecoder:
             self.cache.reset()
             self.pos.zero_()
             self.filled = 0
-        if moved != 1:
-            raise DecodeCheckError(f"{what} moved the position by {moved}, not by 1")
+        problems = []
         scale = want.abs().max().clamp_min(1.0)
         err = (got - want).abs().max()                                     # nan if any logit is nan
         tol = VERIFY_TOLERANCE.get(self.dtype, 1e-4)
         if not err <= tol * scale:                                         # also catches nan
-            raise DecodeCheckError(f"{what} gives logits off by {err.item():.3g} from the eager "
-                                   f"step's (largest {scale.item():.3g}, tolerance {tol:g} of it)")
+            problems.append(f"gives logits off by {err.item():.3g} from the eager step's "
+                            f"(largest {scale.item():.3g}, tolerance {tol:g} of it)")
+        if moved != 1:
+            problems.append(f"moves the position by {moved}, not by 1")
+        if problems:
+            raise DecodeCheckError(f"{what} " + " and ".join(problems))
 
     @torch.no_grad()
     def prefill(self, idx, num_samples: int = 1):
