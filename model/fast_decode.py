@@ -46,7 +46,7 @@ KNOWN_CONFIG = ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n
                 "mlp_act", "zero_init", "tie_embeddings", "logit_softcap")
 
 # verify(): how far the replayed / compiled step's logits may be from the eager step's, as a
-# fraction of the largest logit. A correct graph replays the very kernels the eager step ran, so
+# fraction of the largest |logit| (or of 1, if all are smaller). A correct graph replays the very kernels the eager step ran, so
 # its logits come out bitwise equal; torch.compile fuses ops and keeps intermediates in fp32, which
 # moves logits by a few units in the dtype's last place. A broken replay (an empty graph, the
 # wrong position or buffers) is off by the logits' whole scale, or leaves nan.

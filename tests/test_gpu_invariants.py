@@ -5,6 +5,7 @@ never run on one here, so every property they rely on gets a test that runs anyw
   - no host sync per token: a trace of every aten op in the decode loops finds none that reads
     a value back to the host (on a GPU that read would stall the queue every token);
   - the static step compiles as one graph (fullgraph, nothing data-dependent) and matches eager;
+  - the one-token decode steps never allow cuDNN's attention kernel (a reported GQA bug);
   - bf16: the static step agrees with the plain cached step, and greedy picks match;
   - verify() catches a replay that raises, writes nothing, writes wrong logits or moves the
     position wrongly (tests/test_sample.py checks that sample.py then falls back);
@@ -180,6 +181,29 @@ def test_the_trace_sees_host_reads(host_reads):
     assert trace.reads == ["aten::_local_scalar_dense", "aten::_local_scalar_dense",
                            "aten::index.Tensor with a boolean mask", "aten::nonzero",
                            "aten::multinomial", "Tensor.tolist()"]
+
+
+# --- the one-token attention kernel is pinned --------------------------------------------------
+
+@pytest.mark.parametrize("path", ["cached", "static"])
+def test_one_token_decode_steps_never_allow_cudnn_attention(path, monkeypatch):
+    """SDPA picks its kernel from global flags when it is called (on a GPU; on this CPU there is
+    no cuDNN, but the flags are the same): record them at each call of a decode step."""
+    real_sdpa, flags = torch.nn.functional.scaled_dot_product_attention, []
+
+    def recording_sdpa(q, *args, **kwargs):
+        if q.size(-2) == 1:    # one query per row: a decode step (prefill has more, or is first)
+            flags.append((torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.math_sdp_enabled()))
+        return real_sdpa(q, *args, **kwargs)
+
+    model = make(**CONFIGS["gqa-rope"])
+    steps = (decode(model, prompt(2, 3), 6, **SAMPLED) if path == "cached"
+             else StaticDecoder(model, 2).decode(prompt(2, 3), 6, **SAMPLED))
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording_sdpa)
+    tokens(steps)
+    assert len(flags) == 5 * model.config.n_layer             # 5 steps after the prefill
+    assert flags == [(False, True)] * len(flags)              # no cuDNN; math stays as a fallback
+    assert torch.backends.cuda.cudnn_sdp_enabled()             # and the flags are restored after
 
 
 # --- the step compiles whole -------------------------------------------------------------------
