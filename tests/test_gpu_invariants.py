@@ -369,14 +369,16 @@ class FakeCuda:
     machine with several GPUs: each device has a current stream, and one device is current.
     The step's tensors live on `target` (really on the CPU). A step run while torch.cuda.graph
     captures is recorded only if the capture stream is target's current stream and capture was
-    begun with target current; otherwise it runs at once and the graph stays empty, as on a GPU
-    (torch.cuda.graph without stream= captures on a new stream of the current device)."""
+    begun with target current; otherwise it runs at once and the graph stays empty, as on a GPU.
+    Without stream=, torch.cuda.graph captures on its own side stream, made once per process on
+    the device current at its first use, like torch's (graph.default_capture_stream)."""
 
     def __init__(self, target):
         self.target = target
         self.current = torch.device("cuda", 0)
         self.streams = {}                 # device -> its current stream
         self.capturing = None             # (graph, capture stream, device current at capture)
+        self.default_capture_stream = None
         self.warm_up = []                 # (stream, current device) of each step run at once
 
     # -- the torch.cuda API --
@@ -409,7 +411,9 @@ class FakeCuda:
 
     @contextlib.contextmanager
     def graph(self, g, pool=None, stream=None, **kwargs):
-        s = stream if stream is not None else FakeStream(self.current, "side")
+        if stream is None and self.default_capture_stream is None:
+            self.default_capture_stream = FakeStream(self.current, "side")
+        s = stream if stream is not None else self.default_capture_stream
         with self.stream(s):
             self.capturing = (g, s, self.current)
             try:
@@ -434,6 +438,7 @@ def test_capture_records_the_step_on_the_models_own_gpu(block_size, monkeypatch)
     model = make(block_size=block_size, n_head=4, n_kv_head=2, pos_emb="rope")
     dec = StaticDecoder(model, 2, cuda_graph=False)
     fake = FakeCuda(torch.device("cuda", 1))               # the model on the second GPU
+    fake.default_capture_stream = FakeStream(torch.device("cuda", 0), "side")  # a capture ran on cuda:0
     for name in ("device", "Stream", "current_stream", "stream", "CUDAGraph", "graph"):
         monkeypatch.setattr(torch.cuda, name, getattr(fake, name))
     real_run = StaticDecoder._run
@@ -442,11 +447,9 @@ def test_capture_records_the_step_on_the_models_own_gpu(block_size, monkeypatch)
     dec._capture()                                         # warm-up: any block_size, no IndexError
     dec.device = torch.device("cpu")                       # where the tensors really are
     assert fake.current == torch.device("cuda", 0)         # the current device is restored
-    # warm-up on a side stream of cuda:1, with cuda:1 current; then one step recorded
-    assert len(fake.warm_up) == 3
-    assert all(s.device == fake.target and s.kind == "side" and cur == fake.target
-               for s, cur in fake.warm_up)
-    assert len(dec.graph.kernels) == 1
+    assert len(dec.graph.kernels) == 1, "the graph is empty: the step ran at once during capture"
+    # before it, the warm-up: on a side stream of cuda:1, with cuda:1 current
+    assert [(s.device, s.kind, cur) for s, cur in fake.warm_up] == [(fake.target, "side", fake.target)] * 3
     dec.verify()                                           # the replay is the step
     idx = prompt(2, 1)
     want = tokens(decode(model, idx, 2 * block_size + 3, temperature=0))
