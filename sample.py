@@ -10,6 +10,8 @@ Three ways to decode, one past-block_size policy (model/generate.py), the same t
   --fast=false        the KV cache: only the new token runs through the model each step
   --fast=auto         on CUDA, a static cache and a decode step replayed as a CUDA graph
                       (model/fast_decode.py); elsewhere the same as --fast=false
+The fast path checks itself before the first token (StaticDecoder.verify); if it fails, one
+`warning:` line says so and the plain KV cache decodes instead: the same text, only slower.
 The samples go to stdout, one after another, each followed by a line of dashes; the figures
 (prompt length, tokens generated, tokens/s) go to stderr, so `> out.txt` keeps only the text.
 """
@@ -28,7 +30,7 @@ from common.errors import ConfigError, UserError
 from configs import parse_config
 from data import DataError, tokenizer_from_dict
 from model.checkpoint import load_run
-from model.fast_decode import StaticDecoder
+from model.fast_decode import DecodeCheckError, StaticDecoder
 from model.generate import decode
 from viz.attention_page import write_attention_page
 
@@ -126,8 +128,10 @@ class Stream:
         self.pending = []
 
 
-def decode_steps(cfg, model, idx, device, generator):
-    """(generator of (logits, token) steps, path name, setup seconds)."""
+def decode_steps(cfg, model, idx, device, generator, err=None):
+    """(generator of (logits, token) steps, path name, setup seconds). If the fast path cannot
+    be built or fails its self-check, one `warning:` line goes to err and the plain KV cache
+    decodes instead: a user's sample is never lost to the fast path."""
     kw = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
               generator=generator, num_samples=cfg.num_samples)
     if not cfg.use_cache:
@@ -136,10 +140,23 @@ def decode_steps(cfg, model, idx, device, generator):
     if not fast:
         return decode(model, idx, cfg.max_new_tokens, use_cache=True, **kw), "KV cache", 0.0
     t0 = time.perf_counter()
-    dec = StaticDecoder(model, idx.size(0) * cfg.num_samples, compile=cfg.compile)
+    try:
+        dec = StaticDecoder(model, idx.size(0) * cfg.num_samples, compile=cfg.compile)
+        dec.verify()  # the graph / compiled step against the eager step, before any token
+    except Exception as e:  # noqa: BLE001 - any failure here (capture, compile, check) has a fallback
+        if isinstance(e, DecodeCheckError):
+            what = f"its self-check: {e}"
+        else:  # building it: capture or compile; the first line of the message is enough here
+            what = f"to build: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+        print(f"warning: the fast decode path failed {what}; decoding with the plain KV cache "
+              f"instead", file=err or sys.stderr)
+        dec = None
+    setup_s = time.perf_counter() - t0
+    if dec is None:
+        return decode(model, idx, cfg.max_new_tokens, use_cache=True, **kw), "KV cache", setup_s
     name = "static cache" + (" + CUDA graph" if dec.graph is not None else " (eager, no CUDA graph)") + \
         (" + torch.compile" if cfg.compile else "")
-    return dec.decode(idx, cfg.max_new_tokens, **kw), name, time.perf_counter() - t0
+    return dec.decode(idx, cfg.max_new_tokens, **kw), name, setup_s
 
 
 def sample(cfg: SampleConfig, out=None, err=None) -> list[list[int]]:
@@ -154,7 +171,7 @@ def sample(cfg: SampleConfig, out=None, err=None) -> list[list[int]]:
     idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)           # (1, T)
     torch.manual_seed(cfg.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    steps, path, setup_s = decode_steps(cfg, model, idx, device, generator)
+    steps, path, setup_s = decode_steps(cfg, model, idx, device, generator, err)
 
     # stream sample 0 as it is generated; the others are written when the batch is done. On a
     # GPU, reading a token back waits for the GPU, so tokens come back in small groups there.

@@ -5,12 +5,15 @@
     python bench/bench_decode.py --quick                  # a tiny model, seconds: a smoke run
 
 For each model size (random weights: speed does not depend on what was learned), batch size
-and prompt length (1 and block_size/2), each path generates greedily up to a full window
-(block_size - prompt tokens) and is timed end to end, prefill included:
+and prompt length (1 and block_size/2), each path generates up to a full window (block_size -
+prompt tokens) and is timed end to end, prefill included. Tokens are sampled as sample.py does
+by default (temperature 0.8, top-k 200), sampling included in the time; --greedy takes the
+argmax instead (a little faster: no sort, softmax or random numbers per token).
   uncached  the whole context through the model for every token (nanoGPT's way)
   cached    the plain KV cache (model/generate.py), eager PyTorch
   fast      the static cache (model/fast_decode.py): one decode step replayed as a CUDA graph
-            on CUDA; on CPU there are no graphs and the same fixed-shape step runs eagerly
+            on CUDA; on CPU there are no graphs and the same fixed-shape step runs eagerly.
+            Each decoder passes verify() before it is timed: a broken graph is not a fast one
   compiled  (--compile) the fast path with its step through torch.compile
 Prints one table and writes it, with the machine's details, as JSON. Asserts nothing.
 
@@ -42,11 +45,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere in a checkout
 from configs import CONFIG_DIR, ConfigError, parse_config  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
-from model.fast_decode import StaticDecoder  # noqa: E402
-from model.generate import decode  # noqa: E402
+from model.fast_decode import DecodeCheckError, StaticDecoder  # noqa: E402
+from model.generate import decode, sample_next  # noqa: E402
 
 VOCAB = 65  # Tiny Shakespeare's characters
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=32)  # for --quick
+SAMPLING = dict(temperature=0.8, top_k=200)  # sample.py's defaults (tests/test_sample_bench.py checks)
 
 
 @dataclass
@@ -57,6 +61,7 @@ class BenchConfig:
     batch_sizes: str = "1,64"        # comma-separated
     paths: str = "uncached,cached,fast"  # any of uncached, cached, fast, compiled
     compile: bool = False            # also time the compiled fast path (slow to start)
+    greedy: bool = False             # argmax instead of sampling (temperature 0.8, top-k 200)
     repeats: int = 0                 # timed runs per row, median reported; 0 = 3 on CUDA, 1 on CPU
     uncached_stride: int = 0         # 0 = 1, or 16 for batch >= 16 on CPU (see the docstring)
     threads: int = 0                 # CPU threads for torch; 0 = torch's default
@@ -140,9 +145,10 @@ def time_decode(steps, device) -> float:
     return time.perf_counter() - t0
 
 
-def time_uncached_strided(model, idx, new, stride, device) -> float:
-    """Estimate the uncached decode of `new` tokens: time the full-context forward of every
-    stride-th step and scale by the stride. Each step's cost depends only on its context length."""
+def time_uncached_strided(model, idx, new, stride, device, pick) -> float:
+    """Estimate the uncached decode of `new` tokens: time the full-context forward (and pick)
+    of every stride-th step and scale by the stride. Each step's cost depends only on its
+    context length."""
     B, T0 = idx.shape
     total = 0.0
     with torch.no_grad():
@@ -151,7 +157,7 @@ def time_uncached_strided(model, idx, new, stride, device) -> float:
             sync(device)
             t0 = time.perf_counter()
             logits = model(ctx, last_only=True)[0][:, -1]
-            logits.argmax(dim=-1)
+            pick(logits)
             sync(device)
             total += (time.perf_counter() - t0) * min(stride, new - step)
     return total
@@ -166,6 +172,7 @@ def bench_size(name, cfg, device, dtype, batch_sizes, paths, repeats, say):
     say(f"\n{name}: {params / 1e6:.2f}M parameters, {shape}")
     mem = Memory(device)
     rows, uncached = [], {}
+    sampling = dict(temperature=0) if cfg.greedy else SAMPLING
     for B in batch_sizes:
         # path by path, so no path's buffers are alive (and counted) while another runs
         for path in paths:
@@ -176,6 +183,7 @@ def bench_size(name, cfg, device, dtype, batch_sizes, paths, repeats, say):
                 before = mem.now()
                 t0 = time.perf_counter()
                 dec = StaticDecoder(model, B, compile=path == "compiled")
+                dec.verify()
                 sync(device)
                 setup_s = time.perf_counter() - t0
                 held = (mem.now() - before) / 2**20 if before is not None else 0.0
@@ -185,8 +193,13 @@ def bench_size(name, cfg, device, dtype, batch_sizes, paths, repeats, say):
 
                 def steps(n):
                     if dec is not None:
-                        return dec.decode(idx, n, temperature=0)
-                    return decode(model, idx, n, temperature=0, use_cache=path == "cached")
+                        return dec.decode(idx, n, seed=cfg.seed, **sampling)
+                    return decode(model, idx, n, seed=cfg.seed, use_cache=path == "cached", **sampling)
+
+                generator = torch.Generator(device).manual_seed(cfg.seed)  # for the strided estimate
+
+                def pick(logits):
+                    return sample_next(logits, generator=generator, **sampling)
                 stride = cfg.uncached_stride or (16 if device.type == "cpu" and B >= 16 else 1)
                 estimated = path == "uncached" and stride > 1
                 time_decode(steps(min(new, 8)), device)  # warm-up: allocator, kernels, caches
@@ -194,7 +207,7 @@ def bench_size(name, cfg, device, dtype, batch_sizes, paths, repeats, say):
                 for _ in range(repeats):
                     mem.start()
                     if estimated:
-                        times.append(time_uncached_strided(model, idx, new, stride, device))
+                        times.append(time_uncached_strided(model, idx, new, stride, device, pick))
                     else:
                         times.append(time_decode(steps(new), device))
                     peak, extra = mem.stop()
@@ -281,8 +294,10 @@ def _run(cfg: BenchConfig, say) -> dict:
     repeats = cfg.repeats or (3 if device.type == "cuda" else 1)
     info = machine(device, dtype)
     info["command"] = " ".join(["python", "bench/bench_decode.py", *sys.argv[1:]]) if say is print else None
+    info["sampling"] = "greedy" if cfg.greedy else SAMPLING
+    how = "greedy" if cfg.greedy else "sampling at temperature {temperature}, top-k {top_k}".format(**SAMPLING)
     say(f"decode benchmark on {info.get('gpu', info['cpu'])} ({device}, {info['dtype']}, "
-        f"{info['threads']} threads, torch {info['torch']}); greedy, generating up to block_size")
+        f"{info['threads']} threads, torch {info['torch']}); {how}, generating up to block_size")
     say(HEADER)
     rows = []
     for name in sizes:
@@ -306,6 +321,9 @@ def main(argv=None) -> int:
             run(cfg)
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except DecodeCheckError as e:  # a broken fast path: its timings would mean nothing
+        print(f"error: the fast decode path failed its self-check: {e}", file=sys.stderr)
         return 1
     return 0
 

@@ -22,14 +22,21 @@ back: no synchronisation per token. Sampling runs outside the graph, on the logi
 On CPU (or with cuda_graph=False) the same step runs eagerly: same tokens, no graph. That is
 how the CPU tests check this file against the plain cached path, token for token.
 
+The graph and the compiled step check themselves: verify() runs the step once as decode() will
+(graph replay, or compiled) from a known state and compares it with the plain eager step; it
+raises DecodeCheckError on any difference, and sample.py then decodes with the plain KV cache.
+Nothing CUDA-only here has to be trusted blind: tests/test_gpu_invariants.py checks on the CPU
+what it relies on (no host sync per token, a step that compiles whole, the capture's streams).
+
 Prefill (the prompt, and the re-prefill past block_size) goes through the model's ordinary
 forward with a KVCache whose buffers *are* the static ones, so it writes in place too.
 """
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import sdpa_kernel
 
-from .generate import check_generate_args, sample_next
+from .generate import DECODE_BACKENDS, check_generate_args, sample_next
 from .kv_cache import KVCache
 
 # The GPTConfig fields _step is written for. tests/test_fast_decode.py fails when the model gains
@@ -37,6 +44,17 @@ from .kv_cache import KVCache
 KNOWN_CONFIG = ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "dropout",
                 "bias", "pos_emb", "rope_base", "attn_impl", "norm", "embed_norm", "qk_norm",
                 "mlp_act", "zero_init", "tie_embeddings", "logit_softcap")
+
+# verify(): how far the replayed / compiled step's logits may be from the eager step's, as a
+# fraction of the largest |logit| (or of 1, if all are smaller). A correct graph replays the very kernels the eager step ran, so
+# its logits come out bitwise equal; torch.compile fuses ops and keeps intermediates in fp32, which
+# moves logits by a few units in the dtype's last place. A broken replay (an empty graph, the
+# wrong position or buffers) is off by the logits' whole scale, or leaves nan.
+VERIFY_TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+
+
+class DecodeCheckError(RuntimeError):
+    """The fast decode step, as decode() runs it, does not reproduce the plain eager step."""
 
 
 class StaticDecoder:
@@ -63,7 +81,10 @@ class StaticDecoder:
         self.filled = 0  # host-side count of positions holding real data (== pos, never read back)
         with torch.no_grad():
             self.qkv = [self._fuse(b.attn) for b in model.blocks]
-        self._run = torch.compile(self._step, fullgraph=True, dynamic=False) if compile else self._step
+        # the compiled step is the plain function compiled, called with self: storing the bound
+        # method self._step here would be a reference cycle (self -> method -> self), keeping the
+        # cache and the graph's memory pool alive after `del` until the cyclic GC happens to run
+        self._compiled = torch.compile(StaticDecoder._step, fullgraph=True, dynamic=False) if compile else None
         if cuda_graph is None:
             cuda_graph = self.device.type == "cuda"
         if cuda_graph and self.device.type != "cuda":
@@ -99,9 +120,7 @@ class StaticDecoder:
     def _step(self):
         """One token per row, self.tok (N, 1) at position self.pos -> self.logits (N, V).
         Every shape here is fixed: this is what the CUDA graph records."""
-        m, cfg = self.model, self.config
-        N, C = self.tok.size(0), cfg.n_embd
-        nh, nkv, hs = cfg.n_head, cfg.n_kv_head, cfg.head_size
+        m = self.model
         x = m.wte(self.tok)                                                # (N, 1, C)
         if m.wpe is not None:
             x = x + m.wpe(self.pos)                                        # (1, C) broadcast
@@ -109,6 +128,16 @@ class StaticDecoder:
         # additive mask over all max_len slots: 0 for keys written so far (index <= pos), -inf
         # for the rest; built once per step, in the compute dtype, so no layer has to convert it
         visible = self.neg_inf.masked_fill(self.key_idx <= self.pos, 0.0).view(1, 1, 1, self.max_len)
+        with sdpa_kernel(DECODE_BACKENDS):  # no cuDNN attention (model/generate.py says why)
+            x = self._blocks(x, visible)
+        self.logits.copy_(m.head(m.ln_f(x))[:, -1])                        # (N, V), static buffer
+        self.pos.add_(1)
+
+    def _blocks(self, x, visible):
+        """The transformer blocks for one token per row: x (N, 1, C) -> (N, 1, C)."""
+        m, cfg = self.model, self.config
+        N, C = x.size(0), cfg.n_embd
+        nh, nkv, hs = cfg.n_head, cfg.n_kv_head, cfg.head_size
         for i, block in enumerate(m.blocks):
             h = block.ln_1(x)
             q, k, v = F.linear(h, *self.qkv[i]).split([nh * hs, nkv * hs, nkv * hs], dim=-1)
@@ -126,23 +155,105 @@ class StaticDecoder:
                                                enable_gqa=nkv != nh)       # (N, nh, 1, hs)
             x = x + block.attn.o_proj(y.transpose(1, 2).reshape(N, 1, C))
             x = x + block.mlp(block.ln_2(x))
-        self.logits.copy_(m.head(m.ln_f(x))[:, -1])                        # (N, V), static buffer
-        self.pos.add_(1)
+        return x
+
+    def _run(self):
+        """The step as decode() records or runs it: compiled if asked for, else eager."""
+        if self._compiled is not None:
+            self._compiled(self)
+        else:
+            self._step()
+
+    def _replay(self):
+        """One step the way decode() takes it: replay the CUDA graph if there is one."""
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self._run()
+
+    def _warm_up(self, steps: int = 3):
+        """Run the step a few times before capture (cuBLAS workspaces, compile autotuning, the
+        allocator), each from position 0: it writes cache slot 0 only, so any block_size >= 1
+        is safe (an index_copy_ past the cache is a device-side assert that kills the CUDA
+        context). Prefill later overwrites slot 0 or the mask hides it."""
+        for _ in range(steps):
+            self.pos.zero_()
+            self._run()
+        self.pos.zero_()
 
     def _capture(self):
-        # warm up on a side stream first (cuBLAS workspaces, compile autotuning, allocator),
-        # as graph capture requires; capture then only records, it does not run the kernels
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            for _ in range(3):
+        dev = self.device
+        # Everything on the model's own GPU. torch.cuda.graph(g) without stream= captures on a
+        # stream of the *current* device (cuda:0) while the step's kernels go to dev, and the
+        # graph records nothing: each replay would then do nothing (PyTorch only warns). So dev
+        # is made current, and one stream created on dev serves the warm-up and the capture.
+        with torch.cuda.device(dev):
+            stream = torch.cuda.Stream(dev)
+            stream.wait_stream(torch.cuda.current_stream(dev))
+            # warm up on the side stream first, as capture requires; capture then only records
+            with torch.cuda.stream(stream):
+                self._warm_up()
+            torch.cuda.current_stream(dev).wait_stream(stream)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, stream=stream):
                 self._run()
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self._run()
-        # the warm-up moved pos and wrote junk at positions 0..2; prefill overwrites or masks it
-        self.pos.zero_()
+            self.pos.zero_()
+
+    @torch.no_grad()
+    def verify(self):
+        """Check the step as decode() takes it (the CUDA graph's replay, or the compiled step)
+        against the plain eager step, from one known state: the same logits (VERIFY_TOLERANCE)
+        and the position moved on by exactly one. Raises DecodeCheckError otherwise, or if the
+        replay raises. Costs two steps and one read back to the host; leaves the decoder empty
+        (decode() prefills first anyway).
+
+        The known state: cache filled with seeded noise, a fixed token per row, the position in
+        the middle of the window (keys before it must count, keys after it must be masked), and
+        nan in the logits buffer, so a replay that writes nothing (an empty graph) cannot pass."""
+        if self.graph is not None:
+            what = "the CUDA graph" + (" of the compiled step" if self._compiled else "")
+        else:
+            what = "the compiled step" if self._compiled else "the step"
+        pos = self.max_len // 2
+        tok = (torch.arange(self.batch_size, device=self.device) % self.config.vocab_size).view(-1, 1)
+
+        def known_state():
+            g = torch.Generator(device=self.device).manual_seed(0)
+            self.cache.k.normal_(generator=g)
+            self.cache.v.normal_(generator=g)
+            self.tok.copy_(tok)
+            self.pos.fill_(pos)
+            self.logits.fill_(float("nan"))
+
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            known_state()
+            self._step()                                                   # the reference: eager
+            want = self.logits.clone().float()                             # (N, V)
+            known_state()
+            try:
+                self._replay()
+                got, moved = self.logits.clone().float(), int(self.pos) - pos  # int() waits
+            except Exception as e:
+                first = (str(e).strip().splitlines() or [""])[0][:200]
+                raise DecodeCheckError(f"{what} raised {type(e).__name__}: {first}") from e
+        finally:
+            self.model.train(was_training)
+            self.cache.reset()
+            self.pos.zero_()
+            self.filled = 0
+        problems = []
+        scale = want.abs().max().clamp_min(1.0)
+        err = (got - want).abs().max()                                     # nan if any logit is nan
+        tol = VERIFY_TOLERANCE.get(self.dtype, 1e-4)
+        if not err <= tol * scale:                                         # also catches nan
+            problems.append(f"gives logits off by {err.item():.3g} from the eager step's "
+                            f"(largest {scale.item():.3g}, tolerance {tol:g} of it)")
+        if moved != 1:
+            problems.append(f"moves the position by {moved}, not by 1")
+        if problems:
+            raise DecodeCheckError(f"{what} " + " and ".join(problems))
 
     @torch.no_grad()
     def prefill(self, idx, num_samples: int = 1):
@@ -172,10 +283,7 @@ class StaticDecoder:
         if self.filled >= self.max_len:
             raise ValueError(f"static cache is full ({self.max_len} positions); prefill again")
         self.tok.copy_(tok.view(-1, 1))
-        if self.graph is not None:
-            self.graph.replay()
-        else:
-            self._run()
+        self._replay()
         self.filled += 1
         return self.logits
 

@@ -18,10 +18,22 @@ import contextlib
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+# The SDPA kernels a one-token decode step may use: never cuDNN's, which has been reported to
+# corrupt GQA decoding silently on new GPUs (B200, sm_100: greedy outputs change, no error),
+# https://github.com/pytorch/pytorch/issues/193893 . With one query the kernel choice costs next
+# to nothing. Pinned once per decode step around the whole forward (not per layer: entering
+# sdpa_kernel takes ~20 us of Python, as long as a small one-query attention itself on a CPU).
+DECODE_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """logits (N, V) -> next token ids (N,). temperature 0 means greedy (argmax)."""
+    """logits (N, V) -> next token ids (N,). temperature 0 means greedy (argmax).
+
+    Nothing here reads a value back to the host: no .item(), no boolean indexing, no shape that
+    depends on the data. On a GPU the picked tokens stay on the device and the next decode step
+    is queued at once, without waiting for this one (tests/test_gpu_invariants.py checks this)."""
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
@@ -35,15 +47,22 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
         before = probs.cumsum(dim=-1) - probs             # probability mass ranked above each token
         sorted_logits = sorted_logits.masked_fill(before >= top_p, float("-inf"))  # keeps the top one
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = F.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    probs = F.softmax(logits, dim=-1)                                   # (N, V), filtered ones 0
+    # The exponential race: draw q_i ~ Exp(1) per token; q_i / p_i ~ Exp(rate p_i), and the first
+    # of independent exponentials to "finish" is token i with probability p_i / sum(p) = p_i, so
+    # argmin(q / p) = argmax(p / q) is a draw from probs, as torch.multinomial would give (which
+    # does the same for one sample, with the same draws, but first checks probs with .item()).
+    # A q of exactly 0 (possible on CPU, ~2^-53) would make 0 / 0 = nan for a filtered token and
+    # argmax picks nan, so q is kept above 0.
+    q = torch.empty_like(probs).exponential_(generator=generator).clamp_min_(torch.finfo(probs.dtype).tiny)
+    return (probs / q).argmax(dim=-1)
 
 
 def check_generate_args(idx, max_new_tokens, temperature, top_k, top_p, num_samples, keep,
                         block_size, generator=None, seed=None):
     """Nonsense values get one clear message before any work is done. Returns (keep, generator):
-    keep defaults to block_size // 2, and a seed becomes a generator on idx's device."""
-    keep = block_size // 2 if keep is None else keep
+    keep defaults to block_size // 2 (at least 1), and a seed becomes a generator on idx's device."""
+    keep = max(1, block_size // 2) if keep is None else keep
     if idx.dim() != 2 or idx.size(1) == 0:
         raise ValueError(f"idx must be (B, T) with T >= 1, got shape {tuple(idx.shape)}")
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
@@ -85,7 +104,8 @@ def _cached_logits(model, idx, max_new_tokens, pick, num_samples, keep):
             cache.reset()
             logits = model(tokens, cache=cache, last_only=True)[0][:, -1]
         else:
-            logits = model(nxt[:, None], cache=cache, last_only=True)[0][:, -1]  # one new token
+            with sdpa_kernel(DECODE_BACKENDS):                          # one new token
+                logits = model(nxt[:, None], cache=cache, last_only=True)[0][:, -1]
 
 
 def _uncached_logits(model, idx, max_new_tokens, pick, num_samples, keep):

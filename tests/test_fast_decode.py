@@ -4,6 +4,8 @@ On CPU the fixed-shape step runs eagerly: same shapes, same in-place cache write
 position tensor and mask as the CUDA graph replays, so these tests check its logic token for
 token (greedy, fp32). The CUDA-graph tests at the bottom skip without a GPU."""
 
+import gc
+import weakref
 from dataclasses import fields
 
 import pytest
@@ -80,11 +82,26 @@ def test_static_step_matches_uncached_logits():
     torch.testing.assert_close(got_l, want_l, rtol=1e-4, atol=1e-4)
 
 
-def test_sampling_with_a_seed_matches_cached():
-    model = make()
-    idx = torch.randint(0, 48, (1, 4), generator=torch.Generator().manual_seed(3))
-    kw = dict(temperature=0.9, top_k=20, top_p=0.95, seed=7, num_samples=4)
-    assert torch.equal(run(decode_static(model, idx, 30, **kw))[1], run(decode(model, idx, 30, **kw))[1])
+SAMPLING = {
+    "temperature": dict(temperature=1.3),
+    "top-k": dict(temperature=0.9, top_k=5),
+    "top-p": dict(temperature=0.9, top_p=0.8),
+    "all": dict(temperature=0.9, top_k=20, top_p=0.95),
+}
+
+
+@pytest.mark.parametrize("sampling", SAMPLING)
+@pytest.mark.parametrize("name", CONFIGS)
+def test_sampling_with_a_seed_same_tokens_on_every_path(name, sampling):
+    """Uncached, cached and static draw the same tokens from the same seed: each path samples
+    with the same generator calls, in the same order, from the same logits (to rounding)."""
+    model = make(**CONFIGS[name])
+    idx = torch.randint(0, 48, (2, 4), generator=torch.Generator().manual_seed(3))
+    kw = dict(SAMPLING[sampling], seed=7, num_samples=2)
+    cached = run(decode(model, idx, 30, **kw))[1]                     # 30 new: past the window
+    assert torch.equal(run(decode(model, idx, 30, use_cache=False, **kw))[1], cached)
+    assert torch.equal(run(decode_static(model, idx, 30, **kw))[1], cached)
+    assert len(set(cached.flatten().tolist())) > 3                   # sampled, not one token
 
 
 def test_stale_cache_contents_are_masked_and_decoder_is_reusable():
@@ -171,5 +188,83 @@ def test_cuda_graph_with_compile_matches_cached():
     model = make("cuda")
     idx = torch.randint(0, 48, (1, 5), generator=torch.Generator().manual_seed(8)).cuda()
     want = run(decode(model, idx, 2 * BLOCK, temperature=0))[1]
-    got = run(StaticDecoder(model, 1, compile=True).decode(idx, 2 * BLOCK, temperature=0))[1]
+    dec = StaticDecoder(model, 1, compile=True)
+    dec.verify()
+    got = run(dec.decode(idx, 2 * BLOCK, temperature=0))[1]
     assert torch.equal(got, want)
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("name", CONFIGS)
+def test_cuda_graph_passes_its_self_check(name, dtype):
+    if dtype == torch.bfloat16 and torch.cuda.get_device_capability() < (8, 0):
+        pytest.skip("bf16 needs compute capability 8.0+")
+    dec = StaticDecoder(make("cuda", **CONFIGS[name]).to(dtype), 3)
+    assert dec.graph is not None
+    dec.verify()
+    assert dec.filled == 0 and dec.pos.item() == 0
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_cuda_graph_on_the_second_gpu():
+    """The model on cuda:1 while cuda:0 is current: warm-up and capture must use cuda:1's own
+    stream, or the graph records nothing and every replay does nothing."""
+    model = make("cuda:1", pos_emb="rope", n_head=4, n_kv_head=2)
+    idx = torch.randint(0, 48, (2, 5), generator=torch.Generator().manual_seed(9)).to("cuda:1")
+    want_l, want_t = run(decode(model, idx, 2 * BLOCK, temperature=0.8, top_k=10, seed=1))
+    with torch.cuda.device(0):
+        dec = StaticDecoder(model, 2)
+        assert torch.cuda.current_device() == 0                # capture left the current device alone
+        dec.verify()
+        got_l, got_t = run(dec.decode(idx, 2 * BLOCK, temperature=0.8, top_k=10, seed=1))
+    assert got_l.device == torch.device("cuda", 1)
+    assert torch.equal(got_t, want_t)
+    torch.testing.assert_close(got_l, want_l, rtol=1e-4, atol=1e-4)
+
+
+@cuda
+@pytest.mark.parametrize("block_size", [1, 2])
+def test_cuda_graph_for_tiny_block_sizes(block_size):
+    """Warm-up before capture writes cache slot 0 only: writing past a 1- or 2-slot cache would
+    be a device-side assert, which kills the CUDA context for the rest of the process."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=48, block_size=block_size, n_layer=2, n_head=2, n_embd=32)).cuda().eval()
+    idx = torch.zeros(1, 1, dtype=torch.long, device="cuda")
+    dec = StaticDecoder(model, 1)
+    dec.verify()
+    want = run(decode(model, idx, 6, temperature=1.0, seed=2))[1]
+    assert torch.equal(run(dec.decode(idx, 6, temperature=1.0, seed=2))[1], want)
+
+
+@cuda
+@pytest.mark.parametrize("settings", [dict(temperature=0), dict(temperature=0.8, top_k=10, top_p=0.9, seed=0)],
+                         ids=["greedy", "sampled"])
+def test_cuda_decode_steps_never_sync(settings):
+    """The GPU's own check of tests/test_gpu_invariants.py's traces: with sync debug mode set to
+    "error", any op that waits for the GPU raises. Prefill and capture may sync; steps may not."""
+    model = make("cuda", pos_emb="rope", n_head=4, n_kv_head=2)
+    idx = torch.randint(0, 48, (2, 3), generator=torch.Generator().manual_seed(10)).cuda()
+    dec = StaticDecoder(model, 4)
+    for steps in (decode(model, idx, 8, num_samples=2, **settings),
+                  dec.decode(idx, 8, num_samples=2, **settings)):
+        next(steps)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for _ in range(5):
+                next(steps)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+@cuda
+def test_cuda_decoder_is_freed_on_del():
+    dec = StaticDecoder(make("cuda"), 2)
+    dec.verify()
+    cache = weakref.ref(dec.cache.k)
+    gc.disable()
+    try:
+        del dec
+        assert cache() is None
+    finally:
+        gc.enable()

@@ -1,5 +1,7 @@
 """The model: attention math against worked examples and a reference, causality, the KV cache."""
 
+import math
+
 import pytest
 import torch
 import torch.nn as nn
@@ -239,6 +241,31 @@ def test_seed_reproducible_and_filters():
     # probs 0.644, 0.237, 0.087, 0.032: tokens 3, 2, 1 reach 0.968 >= 0.9, token 0 is cut
     assert picked <= {1, 2, 3} and 3 in picked
     assert sample_next(logits, 0).item() == 3
+
+
+def test_sampling_draws_what_multinomial_draws():
+    """The exponential race (argmax of p / q, q ~ Exp(1)) is how torch.multinomial itself draws
+    one sample, with the same random numbers: seeded samples are what they were with multinomial."""
+    from model import sample_next
+    torch.manual_seed(0)
+    logits = torch.randn(3, 37) * 2
+    ours, theirs = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    for _ in range(50):
+        want = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=theirs).squeeze(-1)
+        assert torch.equal(sample_next(logits, 1.0, generator=ours), want)
+
+
+def test_sampling_frequencies_follow_the_probabilities():
+    from model import sample_next
+    logits = torch.tensor([0.0, 1.0, 2.0, 3.0, -30.0]).repeat(20_000, 1)     # 20k draws at once
+    picked = sample_next(logits, 1.0, generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(picked, minlength=5).float() / len(picked)
+    probs = torch.softmax(logits[0], dim=-1)
+    assert (freq - probs).abs().max() < 0.01          # ~3 standard deviations of a frequency of 20k draws
+    # filtered tokens are never drawn: top_k=2 keeps tokens 3 and 2, in their ratio e : 1
+    picked = sample_next(logits, 1.0, top_k=2, generator=torch.Generator().manual_seed(1))
+    assert set(picked.tolist()) == {2, 3}
+    assert abs((picked == 3).float().mean().item() - 1 / (1 + math.exp(-1))) < 0.01
 
 
 @pytest.mark.parametrize("kw", [dict(temperature=-1), dict(top_k=0), dict(top_p=0.0),

@@ -15,6 +15,7 @@ import sample as sample_mod
 from data import BPETokenizer, CharTokenizer
 from model import GPT, GPTConfig
 from model.checkpoint import save_checkpoint
+from model.fast_decode import StaticDecoder
 
 REPO = Path(__file__).resolve().parent.parent
 TEXT = ("The cat sat upon the warm grey stone,\nand watched the river run alone.\n"
@@ -104,6 +105,78 @@ def test_seed_reproducible(run):
 def test_sampling_matches_across_paths_with_a_seed(run):
     args = ["--prompt=The", "--temperature=1.0", "--top_k=5", "--top_p=0.9", "--max_new_tokens=30"]
     assert run(*args, "--fast=false")[1] == run(*args, "--use_cache=false")[1] == run(*args, "--fast=true")[1]
+
+
+# --- the fast path checks itself and falls back ------------------------------------------------
+
+def _replay_raises(dec):
+    raise RuntimeError("boom")
+
+
+def _replay_negated(dec):
+    dec._run()
+    dec.logits.neg_()              # the likeliest token becomes the least likely: other text
+
+
+def _compile_fails(fn, **kw):
+    raise RuntimeError("no C++ compiler found")
+
+
+def _compiled_step_raises(fn, **kw):
+    def step(dec):
+        raise RuntimeError("inductor failed")
+    return step
+
+
+def _compiled_step_negated(fn, **kw):
+    def step(dec):
+        fn(dec)
+        dec.logits.neg_()
+    return step
+
+
+def warnings(err):
+    return [line for line in err.splitlines() if line.startswith("warning:")]
+
+
+# what breaks -> (what to patch, its stand-in, sample.py flags, the cause the warning names)
+BROKEN = {
+    "graph replay raises": (StaticDecoder, "_replay", _replay_raises, [], "raised RuntimeError: boom"),
+    "graph replay wrong": (StaticDecoder, "_replay", _replay_negated, [], "gives logits off by"),
+    "compile fails": (torch, "compile", _compile_fails, ["--compile"], "to build: RuntimeError: no C++"),
+    "compiled step raises": (torch, "compile", _compiled_step_raises, ["--compile"],
+                             "the compiled step raised RuntimeError: inductor failed"),
+    "compiled step wrong": (torch, "compile", _compiled_step_negated, ["--compile"],
+                            "the compiled step gives logits off by"),
+}
+
+
+@pytest.mark.parametrize("broken", BROKEN)
+def test_a_failing_fast_path_falls_back_to_the_plain_cache(run, monkeypatch, broken):
+    """--fast runs code that never ran before on the user's GPU; if its self-check fails, the
+    sample comes from the plain KV cache, the same text, after one warning line."""
+    owner, name, fault, flags, cause = BROKEN[broken]
+    args = ["--prompt=The", "--max_new_tokens=30", "--num_samples=2"]   # sampled, sample.py's defaults
+    rc, plain, plain_err = run(*args, "--fast=false")
+    assert rc == 0 and warnings(plain_err) == []
+    monkeypatch.setattr(owner, name, fault)
+    rc, out, err = run(*args, "--fast=true", *flags)
+    assert rc == 0 and out == plain
+    (warning,) = warnings(err)
+    assert cause in warning and warning.endswith("decoding with the plain KV cache instead")
+    assert "decode: KV cache on cpu" in err
+
+
+def test_a_healthy_fast_path_passes_its_check_silently(run, monkeypatch):
+    args = ["--prompt=The", "--max_new_tokens=30", "--num_samples=2"]
+    plain = run(*args, "--fast=false")[1]
+    real_compile = torch.compile  # the compiled step through the eager backend: no C++ build
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend="eager", **kw))
+    for flags in (["--fast=true"], ["--fast=true", "--compile"]):
+        rc, out, err = run(*args, *flags)
+        assert rc == 0 and out == plain and warnings(err) == [], err
+        assert "decode: static cache" in err
+    torch._dynamo.reset()
 
 
 # --- what the user sees -------------------------------------------------------------------------
@@ -321,5 +394,5 @@ def test_cuda_graph_path_prints_the_same_text(run_dir, capsys):
         out, err = capsys.readouterr()
         outs.append(out)
         if flag == "--fast=auto":
-            assert "static cache + CUDA graph" in err
+            assert "static cache + CUDA graph" in err and warnings(err) == []  # verify() passed
     assert outs[0] == outs[1] == outs[2]

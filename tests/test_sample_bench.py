@@ -29,9 +29,21 @@ def test_quick_run_writes_one_row_per_case(tmp_path, capsys):
     assert all(r["tok_per_s"] > 0 and r["speedup"] > 0 for r in rows)
     assert all(r["note"].startswith("est.") == (r["path"] == "uncached") for r in rows)
     assert result["machine"]["device"] == "cpu" and "tok/s" in printed and str(out) in printed
+    assert result["machine"]["sampling"] == {"temperature": 0.8, "top_k": 200} and "sampling at" in printed
 
 
 def test_bad_flag_is_one_clear_error(capsys):
     assert load_bench().main(["--sizes=nosuchsize", "--quick"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: no size 'nosuchsize'") and err.count("\n") == 1
+
+
+def test_samples_like_sample_py_unless_greedy(tmp_path, capsys):
+    """The bench times what sample.py runs: its default sampling settings, sampling included."""
+    import sample
+    bench = load_bench()
+    assert bench.SAMPLING == dict(temperature=sample.SampleConfig.temperature, top_k=sample.SampleConfig.top_k)
+    out = tmp_path / "decode.json"
+    assert bench.main(["--quick", "--device=cpu", "--threads=1", "--batch_sizes=1", "--paths=cached,fast",
+                       "--greedy", f"--out={out}"]) == 0
+    assert "greedy" in capsys.readouterr().out and json.loads(out.read_text())["machine"]["sampling"] == "greedy"
