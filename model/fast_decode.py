@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import sdpa_kernel
 
-from .generate import DECODE_BACKENDS, check_generate_args, sample_next
+from .generate import DECODE_BACKENDS, check_generate_args, eval_mode, sample_next
 from .kv_cache import KVCache
 
 # The GPTConfig fields _step is written for. tests/test_fast_decode.py fails when the model gains
@@ -91,13 +91,8 @@ class StaticDecoder:
             raise ValueError(f"CUDA graphs need a CUDA device; the model is on {self.device}")
         self.graph = None
         if cuda_graph:
-            # record in eval mode: a graph captured with dropout on would replay it forever
-            was_training = model.training
-            model.eval()
-            try:
+            with eval_mode(model):  # a graph captured with dropout on would replay it forever
                 self._capture()
-            finally:
-                model.train(was_training)
 
     @staticmethod
     def _fuse(attn):
@@ -225,21 +220,19 @@ class StaticDecoder:
             self.pos.fill_(pos)
             self.logits.fill_(float("nan"))
 
-        was_training = self.model.training
-        self.model.eval()
         try:
-            known_state()
-            self._step()                                                   # the reference: eager
-            want = self.logits.clone().float()                             # (N, V)
-            known_state()
-            try:
-                self._replay()
-                got, moved = self.logits.clone().float(), int(self.pos) - pos  # int() waits
-            except Exception as e:
-                first = (str(e).strip().splitlines() or [""])[0][:200]
-                raise DecodeCheckError(f"{what} raised {type(e).__name__}: {first}") from e
+            with eval_mode(self.model):  # the model as decode() runs it
+                known_state()
+                self._step()                                               # the reference: eager
+                want = self.logits.clone().float()                         # (N, V)
+                known_state()
+                try:
+                    self._replay()
+                    got, moved = self.logits.clone().float(), int(self.pos) - pos  # int() waits
+                except Exception as e:
+                    first = (str(e).strip().splitlines() or [""])[0][:200]
+                    raise DecodeCheckError(f"{what} raised {type(e).__name__}: {first}") from e
         finally:
-            self.model.train(was_training)
             self.cache.reset()
             self.pos.zero_()
             self.filled = 0
@@ -295,29 +288,24 @@ class StaticDecoder:
         bs = self.max_len
         keep, generator = check_generate_args(idx, max_new_tokens, temperature, top_k, top_p,
                                               num_samples, keep, bs, generator, seed)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                tokens = idx[:, -bs:]                                       # the visible window
-                logits = self.prefill(tokens, num_samples)
-                tokens = tokens.repeat_interleave(num_samples, dim=0)       # (N, T)
-                since = []  # tokens picked since the last prefill, each (N,); joined only when needed
-                for step in range(max_new_tokens):
-                    nxt = sample_next(logits, temperature, top_k, top_p, generator)
-                    yield logits.clone(), nxt   # clone: the next replay overwrites the buffer
-                    if step == max_new_tokens - 1:
-                        break
-                    since.append(nxt)
-                    if self.filled == self.max_len:
-                        # the window is full: keep its last `keep` tokens and prefill them afresh
-                        tokens = torch.cat([tokens, torch.stack(since, dim=1)], dim=1)[:, -keep:]
-                        since = []
-                        logits = self.prefill(tokens)
-                    else:
-                        logits = self.step(nxt)
-        finally:
-            self.model.train(was_training)
+        with eval_mode(self.model), torch.no_grad():
+            tokens = idx[:, -bs:]                                       # the visible window
+            logits = self.prefill(tokens, num_samples)
+            tokens = tokens.repeat_interleave(num_samples, dim=0)       # (N, T)
+            since = []  # tokens picked since the last prefill, each (N,); joined only when needed
+            for step in range(max_new_tokens):
+                nxt = sample_next(logits, temperature, top_k, top_p, generator)
+                yield logits.clone(), nxt   # clone: the next replay overwrites the buffer
+                if step == max_new_tokens - 1:
+                    break
+                since.append(nxt)
+                if self.filled == self.max_len:
+                    # the window is full: keep its last `keep` tokens and prefill them afresh
+                    tokens = torch.cat([tokens, torch.stack(since, dim=1)], dim=1)[:, -keep:]
+                    since = []
+                    logits = self.prefill(tokens)
+                else:
+                    logits = self.step(nxt)
 
 
 def decode_static(model, idx, max_new_tokens, *, num_samples=1, cuda_graph=None, compile=False, **kwargs):

@@ -131,13 +131,8 @@ def decode(model, idx, max_new_tokens, *, temperature=1.0, top_k=None, top_p=Non
         return sample_next(logits, temperature, top_k, top_p, generator)
 
     steps = _cached_logits if use_cache else _uncached_logits
-    was_training = model.training
-    model.eval()  # dropout off: generation must be deterministic given the sampler
-    try:
-        with torch.no_grad():
-            yield from steps(model, idx, max_new_tokens, pick, num_samples, keep)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():  # dropout off: the sampler alone decides
+        yield from steps(model, idx, max_new_tokens, pick, num_samples, keep)
 
 
 def generate_stream(model, idx, max_new_tokens, **kwargs):
