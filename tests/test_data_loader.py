@@ -81,7 +81,7 @@ def test_resume_gives_the_same_batches(tmp_path):
     assert not torch.equal(first[0][0], rest[0][0])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.cuda
 def test_cuda_batches():
     import tempfile
     from pathlib import Path

@@ -23,7 +23,7 @@ CONFIGS = {
     "speedrun-options": dict(pos_emb="rope", norm="rmsnorm", embed_norm=True, qk_norm=True,
                              mlp_act="relu2", tie_embeddings=False, logit_softcap=30.0),
 }
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CUDA graphs)")
+cuda = pytest.mark.cuda  # skipped without a GPU (tests/conftest.py)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

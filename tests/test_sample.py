@@ -384,7 +384,7 @@ def test_command_line(run_dir):
     assert p.returncode == 1 and p.stderr.startswith("error: --top_p=2.0") and "Traceback" not in p.stderr
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CUDA-graph path)")
+@pytest.mark.cuda
 def test_cuda_graph_path_prints_the_same_text(run_dir, capsys):
     args = [f"--out_dir={run_dir}", "--device=cuda", "--dtype=float32", "--prompt=The",
             "--temperature=0", "--max_new_tokens=40", "--num_samples=2"]
