@@ -221,3 +221,10 @@ class GPT(nn.Module):
 
     def config_dict(self) -> dict:
         return asdict(self.config)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, **options) -> "GPT":
+        """OpenAI's GPT-2 weights in this model: "gpt2" (or -medium, -large, -xl) or a Hugging Face
+        folder. How their tensors map onto ours: model/pretrained.py."""
+        from .pretrained import from_pretrained  # imported here: pretrained.py imports this file
+        return from_pretrained(name_or_path, **options)
