@@ -113,8 +113,12 @@ def _download(repo_id: str) -> Path:
         # with HF_HUB_OFFLINE=1, or when the hub cannot be reached, this returns the cached copy
         return Path(hub.snapshot_download(repo_id=repo_id, allow_patterns=HUB_FILES))
     except Exception as e:  # offline and not cached, hub down, proxy, ...: the fix is the same
-        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else \
-            f"the hub could not be reached: {type(e).__name__}"
+        if constants.HF_HUB_OFFLINE:
+            why = "HF_HUB_OFFLINE is set"
+        elif isinstance(e, FileNotFoundError):  # huggingface_hub's LocalEntryNotFoundError
+            why = "the hub could not be reached"
+        else:
+            why = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
         raise PretrainedError(
             f"{repo_id} is not in Hugging Face's cache ({constants.HF_HUB_CACHE}) and cannot be "
             f"downloaded ({why}); run once with a network (and HF_HUB_OFFLINE unset) to cache it, or "
