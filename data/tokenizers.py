@@ -6,6 +6,7 @@ with nothing else on disk (except GPT-2, whose 50k ranks tiktoken keeps in its o
 - CharTokenizer: one token per character, vocabulary = the corpus's sorted characters.
 - GPT2Tokenizer: OpenAI's GPT-2 BPE via tiktoken (50257 tokens). The ranks are downloaded once
   into tiktoken's cache; offline without that cache it fails with a DataError saying so.
+  GPT2Tokenizer.from_files builds it offline from a Hugging Face folder's vocab.json + merges.txt.
 - BPETokenizer: a byte-level BPE trained on our own train split with rustbpe (GPT-4 style split
   pattern), run by tiktoken. Byte-level, so encode -> decode is exact for any text. Training
   reports its merges to a progress callback, read from rustbpe's log lines (its only hook).
@@ -16,12 +17,14 @@ import base64
 import contextlib
 import hashlib
 import importlib.metadata
+import json
 import logging
 import os
 import re
 import tempfile
 
 import tiktoken
+from tiktoken_ext.openai_public import r50k_pat_str as GPT2_PATTERN  # GPT-2's pre-split regex
 
 from . import DataError
 
@@ -85,10 +88,80 @@ def gpt2_cached():
     return all(os.path.exists(os.path.join(d, hashlib.sha1(u.encode()).hexdigest())) for u in GPT2_FILES)
 
 
+# GPT-2's 50256 mergeable ranks, written as tiktoken writes ranks ("base64(token) rank" lines in
+# rank order), hash to this: it is tiktoken's r50k_base file, the same ranks as get_encoding("gpt2").
+GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+GPT2_SPECIAL = {"<|endoftext|>": 50256}
+
+
+def ranks_sha256(ranks: dict) -> str:
+    lines = (base64.b64encode(b) + b" %d\n" % r for b, r in sorted(ranks.items(), key=lambda br: br[1]))
+    return hashlib.sha256(b"".join(lines)).hexdigest()
+
+
+def gpt2_byte_decoder() -> dict:
+    """GPT-2's files write every byte as one visible character: the bytes that print (! to ~, ¡ to ¬,
+    ® to ÿ) as themselves, the other 68 (space, newline, control codes, ...) as chr(256 + n), in byte
+    order. So a space is 'Ġ' (chr(256 + 32)) and a newline 'Ċ'. This maps those characters back."""
+    shown = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    decoder = {chr(b): b for b in shown}
+    hidden = [b for b in range(256) if b not in decoder.values()]
+    decoder.update({chr(256 + n): b for n, b in enumerate(hidden)})
+    return decoder
+
+
+def gpt2_ranks_from_files(vocab_json, merges_txt):
+    """A GPT-2 style BPE's two files -> (ranks {token bytes: id}, special tokens {text: id}).
+
+    vocab.json maps each token (bytes written as gpt2_byte_decoder's characters) to its id, and
+    merges.txt lists the merges in priority order, "a b" per line. tiktoken merges the pair whose
+    result has the lowest rank, so it needs merge i's token to have id 256 + i, the 256 single bytes
+    below them: GPT-2's layout (OpenAI's encoder.json and vocab.bpe are the same two files)."""
+    decoder = gpt2_byte_decoder()
+    try:
+        with open(vocab_json, encoding="utf-8") as f:
+            vocab = json.load(f)
+        with open(merges_txt, encoding="utf-8") as f:
+            lines = [line for line in f.read().split("\n") if line and not line.startswith("#version")]
+        merges = [tuple(line.split(" ")) for line in lines]
+        if not isinstance(vocab, dict) or any(len(m) != 2 for m in merges):
+            raise ValueError("not a token -> id map, or a merge line that is not two tokens")
+
+        def to_bytes(token):
+            return bytes(decoder[c] for c in token)
+
+        ranks = {to_bytes(c): vocab[c] for c in decoder}                      # the 256 single bytes
+        if sorted(ranks.values()) != list(range(256)):
+            raise ValueError("the 256 single bytes must have the ids 0..255")
+        for i, (a, b) in enumerate(merges):
+            if vocab.get(a + b) != 256 + i:
+                raise ValueError(f"merge {i + 1} ({a} {b}) must give id {256 + i}, vocab.json has "
+                                 f"{vocab.get(a + b)}")
+            ranks[to_bytes(a) + to_bytes(b)] = 256 + i
+    except (OSError, ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
+        raise DataError(f"cannot build a GPT-2 tokenizer from {vocab_json} and {merges_txt} "
+                        f"({type(e).__name__}: {e}); use the tokenizer files that came with the model") from None
+    # whatever else vocab.json holds is special, e.g. GPT-2's <|endoftext|> (id 50256)
+    special = {t: i for t, i in vocab.items() if i >= len(ranks)}
+    return ranks, special
+
+
 class GPT2Tokenizer(_TiktokenTokenizer):
     kind = "gpt2"
 
-    def __init__(self):
+    def __init__(self, ranks=None, special=None):
+        """No arguments: OpenAI's GPT-2 from tiktoken's cache (a network once). With ranks
+        {token bytes: id} and special tokens {text: id}, e.g. from gpt2_ranks_from_files: that
+        vocabulary, split with GPT-2's pattern, no network."""
+        self.own = None  # (ranks, special) when they are not GPT-2's own, for to_dict
+        if ranks is not None:
+            special = dict(special or {})
+            self.enc = tiktoken.Encoding(name="gpt2-files", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                                         special_tokens=special)
+            self.vocab_size = self.enc.n_vocab
+            if not (special == GPT2_SPECIAL and ranks_sha256(ranks) == GPT2_RANKS_SHA256):
+                self.own = (ranks, special)
+            return
         if not gpt2_cached():
             # fetch the files ourselves, with a timeout (tiktoken's own fetch has none and can
             # hang on a firewalled network), into the very cache path tiktoken reads from
@@ -107,8 +180,17 @@ class GPT2Tokenizer(_TiktokenTokenizer):
     def train(cls, text):
         return cls()
 
+    @classmethod
+    def from_files(cls, vocab_json, merges_txt):
+        """From a Hugging Face GPT-2 folder's vocab.json and merges.txt, without a network."""
+        return cls(*gpt2_ranks_from_files(vocab_json, merges_txt))
+
     def to_dict(self):
-        return {"kind": "gpt2"}
+        if self.own is None:  # GPT-2's own vocabulary: rebuilt from tiktoken's cache
+            return {"kind": "gpt2"}
+        ranks, special = self.own  # another vocabulary in GPT-2's format: stored whole, as bpe does
+        return {"kind": "gpt2", "special": special,
+                "ranks": [base64.b64encode(b).decode("ascii") for b in sorted(ranks, key=ranks.get)]}
 
 
 def bpe_trainer():
@@ -218,6 +300,9 @@ def tokenizer_from_dict(d):
     try:
         if d["kind"] == "char":
             return CharTokenizer(d["chars"])
+        if d["kind"] == "gpt2" and "ranks" in d:
+            return GPT2Tokenizer({base64.b64decode(r, validate=True): i for i, r in enumerate(d["ranks"])},
+                                 d["special"])
         if d["kind"] == "gpt2":
             return GPT2Tokenizer()
         return BPETokenizer([base64.b64decode(r, validate=True) for r in d["ranks"]], d["pattern"])

@@ -26,7 +26,7 @@ class GPTConfig:
     norm: str = "layernorm"     # "layernorm" or "rmsnorm" (parameter-free: no gain, no bias)
     embed_norm: bool = False    # normalise the embeddings before the first block
     qk_norm: bool = False       # RMS-normalise each head's q and k before the dot product
-    mlp_act: str = "gelu"       # "gelu" or "relu2" (ReLU squared)
+    mlp_act: str = "gelu"       # "gelu", "gelu_tanh" (GPT-2's tanh approximation) or "relu2" (ReLU squared)
     zero_init: bool = False     # residual output projections (and an untied head) start at zero
     tie_embeddings: bool = True  # the head reuses the token embedding matrix
     logit_softcap: float = 0.0  # > 0: logits = c * tanh(logits / c), keeps them in (-c, c)
@@ -61,8 +61,8 @@ class GPTConfig:
 
         if self.norm not in ("layernorm", "rmsnorm"):
             raise ConfigError(f"norm must be 'layernorm' or 'rmsnorm', got {self.norm!r}")
-        if self.mlp_act not in ("gelu", "relu2"):
-            raise ConfigError(f"mlp_act must be 'gelu' or 'relu2', got {self.mlp_act!r}")
+        if self.mlp_act not in ("gelu", "gelu_tanh", "relu2"):
+            raise ConfigError(f"mlp_act must be 'gelu', 'gelu_tanh' or 'relu2', got {self.mlp_act!r}")
         if self.logit_softcap < 0:
             raise ConfigError(f"logit_softcap must be >= 0 (0 = off), got {self.logit_softcap!r}")
 

@@ -44,7 +44,13 @@ class MLP(nn.Module):
 
     def forward(self, x):                                  # (B, T, C)
         h = self.fc(x)                                     # widen 4x: (B, T, 4C)
-        h = F.gelu(h) if self.act == "gelu" else F.relu(h).square()
+        if self.act == "gelu":
+            h = F.gelu(h)                                  # exact: x * Phi(x), Phi = normal CDF
+        elif self.act == "gelu_tanh":
+            # GPT-2 was trained with the tanh approximation of Phi; its weights need this one
+            h = F.gelu(h, approximate="tanh")
+        else:
+            h = F.relu(h).square()
         return self.drop(self.proj(h))                     # back to C
 
 
@@ -219,3 +225,10 @@ class GPT(nn.Module):
 
     def config_dict(self) -> dict:
         return asdict(self.config)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, **options) -> "GPT":
+        """OpenAI's GPT-2 weights in this model: "gpt2" (or -medium, -large, -xl) or a Hugging Face
+        folder. How their tensors map onto ours: model/pretrained.py."""
+        from .pretrained import from_pretrained  # imported here: pretrained.py imports this file
+        return from_pretrained(name_or_path, **options)
