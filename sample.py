@@ -3,6 +3,7 @@
     python sample.py --out_dir=out                              # out/ckpt.pt, from a newline
     python sample.py --out_dir=out --prompt="ROMEO:" --num_samples=3 --max_new_tokens=300
     python sample.py --out_dir=out --temperature=0              # greedy: the same text every run
+    python sample.py --init_from=gpt2 --prompt="Hello, I am"   # OpenAI's GPT-2 (pip install -e ".[gpt2]")
 
 Everything comes from the checkpoint: the model's shape, its weights and its tokenizer.
 Three ways to decode, one past-block_size policy (model/generate.py), the same tokens:
@@ -30,6 +31,7 @@ from common.errors import ConfigError, UserError
 from configs import parse_config
 from data import DataError, tokenizer_from_dict
 from model.checkpoint import load_run
+from model.pretrained import load_pretrained
 from model.fast_decode import DecodeCheckError, StaticDecoder
 from model.generate import decode
 from viz.attention_page import write_attention_page
@@ -41,6 +43,7 @@ SEPARATOR = "---------------"
 class SampleConfig:
     out_dir: str = "out"             # the training run's folder (train.py --out_dir)
     ckpt: str = "ckpt.pt"            # checkpoint in out_dir: ckpt.pt (best val loss) or last.pt (latest)
+    init_from: str | None = None     # instead of a run: GPT-2's weights, gpt2, gpt2-medium, gpt2-large, gpt2-xl or a Hugging Face GPT-2 folder
     prompt: str = ""                 # text to continue; empty = start from a newline
     prompt_file: str | None = None   # read the prompt from this UTF-8 file instead
     num_samples: int = 1             # continuations of the prompt, generated together as one batch
@@ -165,7 +168,11 @@ def sample(cfg: SampleConfig, out=None, err=None) -> list[list[int]]:
     check_settings(cfg)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
-    model, tokenizer = load_run(cfg.out_dir, device=device, ckpt=cfg.ckpt, dtype=dtype)
+    if cfg.init_from is not None:  # OpenAI's GPT-2 (model/pretrained.py), with its own tokenizer
+        model, tokenizer = load_pretrained(cfg.init_from)
+        model = model.to(device=device, dtype=dtype).eval()
+    else:
+        model, tokenizer = load_run(cfg.out_dir, device=device, ckpt=cfg.ckpt, dtype=dtype)
     prompt_text, prompt_ids = read_prompt(cfg, tokenizer)
     bs = model.config.block_size
     idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)           # (1, T)
@@ -203,10 +210,10 @@ def sample(cfg: SampleConfig, out=None, err=None) -> list[list[int]]:
     print(f"decode: {path} on {device}, {str(dtype).removeprefix('torch.')}{setup}", file=err)
 
     if cfg.attention_html is not None:
-        metrics = Path(cfg.out_dir) / "metrics.jsonl"
+        metrics = Path(cfg.out_dir) / "metrics.jsonl"  # the run's loss curve, if it is a run
         try:
             write_attention_page(cfg.attention_html, model, tokenizer, prompt_ids + rows[0],
-                                 metrics_path=metrics if metrics.is_file() else None,
+                                 metrics_path=metrics if metrics.is_file() and cfg.init_from is None else None,
                                  prompt_len=len(prompt_ids))
         except UserError as e:
             raise UserError(f"--attention_html: {e} (the samples above are complete)") from None

@@ -41,6 +41,7 @@ from common.errors import ConfigError, UserError
 from common.files import clean_stale_temp_files
 from data import load_meta, prepare, tokenizer_from_dict
 from model import GPT
+from model.pretrained import from_pretrained, tokenizer_from_pretrained
 from training.config import TrainConfig, load_settings, model_config  # noqa: F401 (TrainConfig: for importers)
 from training.env import StepTimer, run_peak_flops, start_env
 from training.evaluate import ValWindows, evaluate
@@ -118,8 +119,12 @@ def setup(cfg: TrainConfig, ckpt: dict | None, env) -> Run:
     torch.manual_seed(cfg.seed)  # the same initial weights in every process (DDP also broadcasts rank 0's)
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere+ GPUs: ~free speed
 
-    # data: this process's micro-batch streams
-    data_dir = prepare_data(cfg, env)
+    # data: this process's micro-batch streams. A fine-tune reads it with GPT-2's own tokenizer;
+    # resumed, with the one its checkpoint holds
+    pretrained = cfg.init_from not in ("scratch", "resume")
+    use = tokenizer_from_pretrained(cfg.init_from) if pretrained else \
+        tokenizer_from_dict(ckpt["tokenizer"]) if ckpt is not None and cfg.tokenizer == "gpt2" else None
+    data_dir = prepare_data(cfg, env, use)
     meta = load_meta(data_dir)
     tokenizer = tokenizer_from_dict(meta["tokenizer"])
     per_rank = gas // env.world
@@ -127,7 +132,14 @@ def setup(cfg: TrainConfig, ckpt: dict | None, env) -> Run:
 
     # model, optimizers, and the checkpoint to continue from
     mcfg = model_config(cfg, meta["vocab_size"])
-    raw_model = GPT(mcfg).to(env.device)
+    if pretrained:  # GPT-2's weights, to fine-tune (training/config.py took its shape)
+        raw_model = from_pretrained(cfg.init_from, block_size=cfg.block_size, dropout=cfg.dropout,
+                                    attn_impl=cfg.attn_impl).train().to(env.device)
+        if raw_model.config != mcfg:
+            raise ConfigError(f"{cfg.init_from}'s vocabulary has {raw_model.config.vocab_size} tokens but its "
+                              f"tokenizer {meta['vocab_size']}: they do not belong together")
+    else:
+        raw_model = GPT(mcfg).to(env.device)
     torch.manual_seed(cfg.seed + env.rank)  # but each process its own dropout masks
     optimizers = make_optimizers(raw_model, cfg, env.device)
     scaler = torch.amp.GradScaler(env.device.type, enabled=env.dtype == torch.float16)  # fp16 only
@@ -284,9 +296,10 @@ def claim_out_dir(cfg: TrainConfig, ckpt: dict | None, env) -> Path:
     return out_dir
 
 
-def prepare_data(cfg: TrainConfig, env) -> Path:
-    """The prepared dataset's folder. The first process prepares it, the others wait."""
-    kwargs = dict(vocab_size=cfg.tokenizer_vocab_size, source=cfg.data_source, root=cfg.data_root)
+def prepare_data(cfg: TrainConfig, env, tokenizer=None) -> Path:
+    """The prepared dataset's folder (read with `tokenizer`, if given). The first process
+    prepares it, the others wait."""
+    kwargs = dict(vocab_size=cfg.tokenizer_vocab_size, source=cfg.data_source, root=cfg.data_root, use=tokenizer)
     if env.master:
         data_dir = prepare(cfg.dataset, cfg.tokenizer, quiet=False, **kwargs)
     env.barrier()

@@ -14,6 +14,7 @@ Calling prepare() again with the same request, the same BPE trainer version and 
 returns at once; anything else prepares it again.
 """
 
+import hashlib
 import json
 import os
 import re
@@ -122,8 +123,10 @@ def is_complete(out, corpus, request):
 
 
 def prepare(dataset=DEFAULT_DATASET, tokenizer="char", *, vocab_size=None, source=None, root=None,
-            force=False, quiet=False, dtype=None):
-    """Prepare a dataset (a name, or a path to a .txt file / folder) and return its folder."""
+            force=False, quiet=False, dtype=None, use=None):
+    """Prepare a dataset (a name, or a path to a .txt file / folder) and return its folder.
+    use: a ready tokenizer of that kind to encode with, instead of training one (a pretrained
+    model's, which must read the text exactly as it was trained to)."""
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
     # check the cheap things before reading or downloading anything
     check_kind(tokenizer)
@@ -142,13 +145,19 @@ def prepare(dataset=DEFAULT_DATASET, tokenizer="char", *, vocab_size=None, sourc
     request = {"tokenizer": tokenizer, "vocab_size": vocab_size, "dtype": dtype}
     if tokenizer == "bpe":  # another rustbpe may merge differently: a new version redoes the work
         request["trainer"] = bpe_trainer()
+    if use is not None and use.kind != tokenizer:
+        raise DataError(f"a {use.kind} tokenizer was given for --tokenizer={tokenizer}")
+    if use is not None and use.to_dict() != {"kind": tokenizer}:  # it brings its own vocabulary
+        request["vocab"] = hashlib.sha256(json.dumps(use.to_dict(), sort_keys=True).encode()).hexdigest()
     if not force and is_complete(out, corpus, request):
         log(f"{out} is already prepared (pass force=True / --force to redo it)")
         return out
     check_folder(out, "the dataset's folder")  # before the work, not after it
 
     log(f"preparing {corpus.name} ({corpus.source}) with the {tokenizer} tokenizer")
-    if tokenizer == "char":  # vocab from the whole text, as nanoGPT, so val has no unknown chars
+    if use is not None:
+        tok = use
+    elif tokenizer == "char":  # vocab from the whole text, as nanoGPT, so val has no unknown chars
         tok = KINDS["char"].train(corpus.train + corpus.val)
     elif tokenizer == "bpe":  # trained on train only: val stays unseen
         log(f"training a {vocab_size}-token BPE on {len(corpus.train):,} characters")

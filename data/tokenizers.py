@@ -88,6 +88,21 @@ def gpt2_cached():
     return all(os.path.exists(os.path.join(d, hashlib.sha1(u.encode()).hexdigest())) for u in GPT2_FILES)
 
 
+def gpt2_files_in_hf_cache():
+    """(vocab.json, merges.txt) of GPT-2 in Hugging Face's cache, where downloading GPT-2's
+    weights (--init_from=gpt2) put them, or None. All four sizes share one vocabulary."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # the optional gpt2 extra is not installed
+        return None
+    for repo in ("openai-community/gpt2", "openai-community/gpt2-medium", "openai-community/gpt2-large",
+                 "openai-community/gpt2-xl"):
+        files = [try_to_load_from_cache(repo, name) for name in ("vocab.json", "merges.txt")]
+        if all(isinstance(f, str) for f in files):
+            return files
+    return None
+
+
 # GPT-2's 50256 mergeable ranks, written as tiktoken writes ranks ("base64(token) rank" lines in
 # rank order), hash to this: it is tiktoken's r50k_base file, the same ranks as get_encoding("gpt2").
 GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
@@ -154,6 +169,8 @@ class GPT2Tokenizer(_TiktokenTokenizer):
         {token bytes: id} and special tokens {text: id}, e.g. from gpt2_ranks_from_files: that
         vocabulary, split with GPT-2's pattern, no network."""
         self.own = None  # (ranks, special) when they are not GPT-2's own, for to_dict
+        if ranks is None and not gpt2_cached() and (files := gpt2_files_in_hf_cache()):
+            ranks, special = gpt2_ranks_from_files(*files)  # the same vocabulary, no network
         if ranks is not None:
             special = dict(special or {})
             self.enc = tiktoken.Encoding(name="gpt2-files", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,

@@ -270,6 +270,17 @@ def from_pretrained(name_or_path, *, block_size: int | None = None, dropout: flo
     return _load(resolve(name_or_path), block_size=block_size, dropout=dropout, attn_impl=attn_impl)
 
 
+def pretrained_config(name_or_path, **options) -> GPTConfig:
+    """The GPTConfig of a GPT-2 folder or name, from its config.json alone (no weights read)."""
+    folder = resolve(name_or_path)
+    try:
+        hf = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise PretrainedError(f"cannot read {folder / 'config.json'} ({type(e).__name__}: {e}); "
+                              f"a GPT-2 folder needs config.json beside its weights") from None
+    return config_from_hf(hf, **options)
+
+
 def _load(folder: Path, **options) -> GPT:
     hf, theirs = read_folder(folder)
     config = config_from_hf(hf, **options)

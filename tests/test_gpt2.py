@@ -323,6 +323,8 @@ repo = Path(os.environ["HF_HOME"]) / "hub" / "models--openai-community--gpt2"
 (repo / "refs" / "main").write_text("0" * 40)
 shutil.copytree(sys.argv[1], repo / "snapshots" / ("0" * 40))
 print("LOADED:", from_pretrained("gpt2").config.n_layer)
+from data import GPT2Tokenizer  # tiktoken's cache is empty: GPT-2's tokenizer comes from the same files
+print("TOKENIZER:", GPT2Tokenizer().vocab_size)
 """
 
 
@@ -331,12 +333,80 @@ def test_hub_name_offline(folders, tmp_path):
     are in the cache, the name loads offline. A fresh process: huggingface_hub reads both
     variables when it is imported."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
-    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), OMP_NUM_THREADS="1")
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), OMP_NUM_THREADS="1",
+               TIKTOKEN_CACHE_DIR=str(tmp_path / "tiktoken"))
     run = subprocess.run([sys.executable, "-c", OFFLINE, str(folders["safetensors"])], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    error, loaded = run.stdout.strip().splitlines()
+    error, loaded, tokenizer = run.stdout.strip().splitlines()
+    assert tokenizer == f"TOKENIZER: {VOCAB}"
     assert error.startswith("ERROR: openai-community/gpt2 is not in Hugging Face's cache")
     assert "(HF_HUB_OFFLINE is set)" in error and "run once with a network" in error
     assert "https://huggingface.co/openai-community/gpt2 into a folder and pass that folder's path" in error
     assert loaded == "LOADED: 2"
+
+
+# ---------------------------------------------------------------- fine-tune and sample from the command line
+
+def finetune_args(folder, corpus, out, *extra):
+    return [f"--init_from={folder}", "--tokenizer=gpt2", f"--dataset={corpus}", f"--data_root={out.parent / 'data'}",
+            f"--out_dir={out}", "--device=cpu", "--block_size=32", "--batch_size=4", "--max_iters=6",
+            "--eval_interval=3", "--eval_iters=2", "--log_interval=1", "--warmup_iters=0", "--dropout=0.0",
+            "--learning_rate=1e-3", "--lr_decay_iters=6", *extra]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ft") / "text.txt"
+    path.write_text((TEXT + "\n\n") * 40, encoding="utf-8")
+    return path
+
+
+def test_finetune_starts_from_the_weights_then_resumes_and_samples(folders, corpus, tmp_path, capsys):
+    import sample
+    import train
+    from model.checkpoint import load_checkpoint, load_run
+    # learning rate 0: what is saved is exactly GPT-2's weights (the loop, not a random init)
+    frozen = tmp_path / "frozen"
+    assert train.main(finetune_args(folders["safetensors"], corpus, frozen, "--learning_rate=0")) == 0
+    ref = from_pretrained(folders["safetensors"], block_size=32).state_dict()
+    saved = load_checkpoint(frozen / "last.pt")
+    assert saved["model_config"]["mlp_act"] == "gelu_tanh" and saved["model_config"]["n_layer"] == 2
+    assert all(torch.equal(saved["model"][k], v) for k, v in ref.items())
+    # a real fine-tune: the loss falls, it resumes exactly, and samples like any run
+    out, straight = tmp_path / "out", tmp_path / "straight"
+    assert train.main(finetune_args(folders["safetensors"], corpus, straight)) == 0
+    assert train.main(finetune_args(folders["safetensors"], corpus, out, "--max_iters=3")) == 0
+    assert train.main([f"--out_dir={out}", "--init_from=resume", "--max_iters=6"]) == 0
+    logs = [[json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()] for d in (out, straight)]
+    losses = [[r["loss"] for r in log if r["kind"] == "train"] for log in logs]
+    assert losses[0] == losses[1] and losses[0][-1] < losses[0][0]
+    model, tok = load_run(out)
+    assert model.config.mlp_act == "gelu_tanh" and tok.encode("the weather") == GPT2Tokenizer.from_files(
+        folders["safetensors"] / "vocab.json", folders["safetensors"] / "merges.txt").encode("the weather")
+    capsys.readouterr()
+    assert sample.main([f"--out_dir={out}", "--prompt=the weather", "--max_new_tokens=8", "--temperature=0"]) == 0
+    assert capsys.readouterr().out.startswith("the weather")
+
+
+def test_finetune_needs_gpt2s_tokenizer(folders, corpus, tmp_path, capsys):
+    import train
+    args = [a for a in finetune_args(folders["safetensors"], corpus, tmp_path / "out") if a != "--tokenizer=gpt2"]
+    assert train.main(args + ["--tokenizer=char"]) == 1
+    assert "add --tokenizer=gpt2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fast", ["false", "true"])
+def test_sample_from_gpt2s_weights(hf, folders, capsys, fast):
+    """sample.py --init_from=FOLDER streams what transformers' generate() gives, with our cache."""
+    import sample
+    tok = GPT2Tokenizer.from_files(folders["safetensors"] / "vocab.json", folders["safetensors"] / "merges.txt")
+    text = "the weather in the north"
+    with torch.no_grad():
+        want = hf.generate(torch.tensor([tok.encode(text)]), do_sample=False, max_new_tokens=30, pad_token_id=0)
+    capsys.readouterr()
+    assert sample.main([f"--init_from={folders['safetensors']}", f"--prompt={text}", "--max_new_tokens=30",
+                        "--temperature=0", "--device=cpu", f"--fast={fast}"]) == 0
+    out, err = capsys.readouterr()
+    assert out.split("\n---------------")[0] == text + tok.decode(want[0, len(tok.encode(text)):].tolist())
+    assert ("static cache" in err) == (fast == "true") and "warning" not in err

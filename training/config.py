@@ -6,7 +6,7 @@ Layers, later wins:
                             <  the config file  <  --key=value
 """
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Literal
 
@@ -21,7 +21,7 @@ from model.checkpoint import CheckpointError, load_checkpoint
 class TrainConfig:
     # I/O
     out_dir: str = "out"                # checkpoints (ckpt.pt best, last.pt latest), metrics.jsonl, loss.svg
-    init_from: Literal["scratch", "resume"] = "scratch"  # resume: continue out_dir/last.pt exactly
+    init_from: str = "scratch"          # scratch; resume (continue out_dir/last.pt exactly); or GPT-2's weights: gpt2, gpt2-medium, gpt2-large, gpt2-xl or a Hugging Face GPT-2 folder
     eval_interval: int = 250            # evaluate (and write last.pt) every this many steps
     eval_iters: int = 200               # batches per split in each evaluation
     log_interval: int = 10              # a metrics line every this many steps
@@ -47,7 +47,7 @@ class TrainConfig:
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"  # rmsnorm: parameter-free
     embed_norm: bool = False            # a norm right after the embedding
     qk_norm: bool = False               # RMS-normalise q and k per head
-    mlp_act: Literal["gelu", "relu2"] = "gelu"  # relu2: ReLU squared
+    mlp_act: Literal["gelu", "relu2", "gelu_tanh"] = "gelu"  # relu2: ReLU squared; gelu_tanh: GPT-2's approximation
     zero_init: bool = False             # residual output projections (and an untied head) start at 0
     tie_embeddings: bool = True         # the head shares the token embedding matrix
     logit_softcap: float = 0.0          # > 0: logits = c * tanh(logits / c)
@@ -134,7 +134,22 @@ def load_settings(argv: list[str]) -> tuple[TrainConfig, dict | None, str]:
     if machine_default(path, values)[0]:
         origin = "config: configs/cpu.toml, the CPU-sized default (no GPU in use; on a GPU " \
                  "`python train.py` runs the full configs/shakespeare.toml)"
-    return build(TrainConfig, values), None, origin
+    cfg = build(TrainConfig, values)
+    if cfg.init_from != "scratch":
+        cfg = pretrained_settings(cfg)
+        origin += f", the model's shape from {cfg.init_from}"
+    return cfg, None, origin
+
+
+def pretrained_settings(cfg: TrainConfig) -> TrainConfig:
+    """Fine-tuning GPT-2: its weights decide the model's shape, so its config replaces the model
+    settings (block_size may only shorten it; dropout and the attention path stay ours)."""
+    from model.pretrained import pretrained_config  # only fine-tuning needs it
+    if cfg.tokenizer != "gpt2":
+        raise ConfigError(f"init_from={cfg.init_from} reads text with GPT-2's own tokenizer; add "
+                          f"--tokenizer=gpt2 (the model's embeddings are for its tokens)")
+    shape = pretrained_config(cfg.init_from, block_size=cfg.block_size)
+    return replace(cfg, **{k: getattr(shape, k) for k in MODEL_FIELDS if k not in ("dropout", "attn_impl")})
 
 
 def machine_default(path, values: dict) -> tuple[dict, str | None]:
