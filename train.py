@@ -43,7 +43,7 @@ from data import load_meta, prepare, tokenizer_from_dict
 from model import GPT
 from model.pretrained import from_pretrained, tokenizer_from_pretrained
 from training.config import TrainConfig, load_settings, model_config  # noqa: F401 (TrainConfig: for importers)
-from training.env import StepTimer, run_peak_flops, start_env
+from training.env import Phases, StepTimer, run_peak_flops, start_env
 from training.evaluate import ValWindows, evaluate
 from training.optim import lr_scale, make_optimizers, schedule_warnings, set_lr
 from training.runlog import NullLog, RunLog
@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         env.say(origin)
         for w in schedule_warnings(cfg):
             env.say(f"warning: {w}", file=sys.stderr)
-        run = setup(cfg, ckpt, env)
+        phases = Phases()
+        with phases("setup"):
+            run = setup(cfg, ckpt, env, phases)
         if run.state.iter_num >= cfg.max_iters:
             env.say(f"nothing to do: {run.checkpoints.out_dir / 'last.pt'} is at iteration "
                     f"{run.state.iter_num} and max_iters is {cfg.max_iters}; raise --max_iters to train further")
@@ -70,12 +72,14 @@ def main(argv: list[str] | None = None) -> int:
                      ckpt.get("wandb_run_id") if ckpt else None) if env.master else NullLog()
         try:
             status = train(cfg, env, run, log, stopper)
+            log.phases(summary := time_summary(run))
         finally:
             log.close()
         if status == 0:
             env.say(f"done: {run.state.iter_num} iterations, best val loss {run.state.best_val_loss:.4f}; "
                     f"checkpoints in {cfg.out_dir} (ckpt.pt best, last.pt latest), loss curve in "
                     f"{Path(cfg.out_dir) / 'loss.svg'}; sample with: python sample.py --out_dir={cfg.out_dir}")
+        env.say("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in summary.items()))
         return status
     except UserError as e:
         if rank0:
@@ -105,9 +109,10 @@ class Run:
     val_windows: ValWindows | None
     tokens_per_iter: int
     resumed: bool
+    phases: Phases               # wall seconds by phase, for the summary at the end
 
 
-def setup(cfg: TrainConfig, ckpt: dict | None, env) -> Run:
+def setup(cfg: TrainConfig, ckpt: dict | None, env, phases: Phases) -> Run:
     out_dir = claim_out_dir(cfg, ckpt, env)
     gas = cfg.gradient_accumulation_steps or env.world
     if gas % env.world != 0:
@@ -143,7 +148,7 @@ def setup(cfg: TrainConfig, ckpt: dict | None, env) -> Run:
     torch.manual_seed(cfg.seed + env.rank)  # but each process its own dropout masks
     optimizers = make_optimizers(raw_model, cfg, env.device)
     scaler = torch.amp.GradScaler(env.device.type, enabled=env.dtype == torch.float16)  # fp16 only
-    checkpoints = Checkpoints(out_dir, env, raw_model, optimizers, scaler, cfg, mcfg, tokenizer)
+    checkpoints = Checkpoints(out_dir, env, raw_model, optimizers, scaler, cfg, mcfg, tokenizer, phases)
     if ckpt is not None:
         checkpoints.restore(ckpt, state)
     model = torch.compile(raw_model) if env.compile else raw_model
@@ -156,18 +161,18 @@ def setup(cfg: TrainConfig, ckpt: dict | None, env) -> Run:
             f"({gas} x {cfg.batch_size} x {cfg.block_size}); out_dir: {out_dir}")
     return Run(raw_model, model, train_model, optimizers, scaler, state, checkpoints, data_dir,
                ValWindows(data_dir, meta, cfg, env) if cfg.eval_full_val else None, tokens_per_iter,
-               resumed=ckpt is not None)
+               resumed=ckpt is not None, phases=phases)
 
 
 def train(cfg: TrainConfig, env, run: Run, log, stopper: Stopper) -> int:
     """Evaluate and save, step, log, until max_iters, the target loss, a stop request or a
     diverging loss. Returns the exit status."""
     state, out_dir = run.state, run.checkpoints.out_dir
-    timer, watch = StepTimer(env.device), DivergenceWatch(env.device)
+    timer, watch = StepTimer(env.device, run.phases), DivergenceWatch(env.device)
     params = list(run.raw_model.parameters())
     peak = run_peak_flops(env, cfg.peak_flops)
     flops_per_iter = run.raw_model.flops_per_token(cfg.block_size) * run.tokens_per_iter
-    first, window = state.iter_num, [0, 0.0]  # steps, and their seconds, since the last log line
+    first = state.iter_num
     while True:
         it = state.iter_num
 
@@ -176,9 +181,9 @@ def train(cfg: TrainConfig, env, run: Run, log, stopper: Stopper) -> int:
         if (it % cfg.eval_interval == 0 or it == cfg.max_iters) and not (run.resumed and it == first):
             if diverged(watch, env, out_dir):
                 return 1
-            seconds = timer.split()
-            state.train_time, window[1] = state.train_time + seconds, window[1] + seconds
-            losses = evaluate(run.model, run.data_dir, run.val_windows, cfg, env)
+            state.train_time += timer.split()
+            with run.phases("evaluation"):
+                losses = evaluate(run.model, run.data_dir, run.val_windows, cfg, env)
             best = losses["val"] < state.best_val_loss
             state.best_val_loss = min(state.best_val_loss, losses["val"])
             log.eval(it, losses["train"], losses["val"], state.train_time, best and it > 0)
@@ -211,24 +216,31 @@ def train(cfg: TrainConfig, env, run: Run, log, stopper: Stopper) -> int:
         loss = train_step(run, cfg, env, params)
         timer.stop()
         watch.update(loss, it)
-        window[0] += 1
         if it == first:  # compilation and allocator warm-up: reported apart from training time
-            window[1] += (warmup := timer.split())
-            log.warmup(it, warmup)
+            log.warmup(it, timer.split("warm-up"))
 
         # log: the one place, every log_interval steps, where the loss is read back
         if it % cfg.log_interval == 0:
             if diverged(watch, env, out_dir):
                 return 1
-            seconds = timer.split()
-            state.train_time, window[1] = state.train_time + seconds, window[1] + seconds
+            state.train_time += timer.split()
             lossf = env.all_reduce(loss.clone()).item() / (len(state.loaders) * env.world)
-            per_s = window[0] / max(window[1], 1e-9)  # steps per second
+            per_s = timer.rate()  # steps per second
             log.train(it, lossf, cfg.learning_rate * scale, run.tokens_per_iter * per_s,
                       flops_per_iter * per_s / peak if peak else None)
-            window = [0, 0.0]
         state.iter_num += 1
         log.step()
+
+
+def time_summary(run: Run) -> dict:
+    """Where this process's wall time went, in seconds. "steps" is the optimizer steps alone
+    (train.py's training clock, this process's share); "other" is logging, the progress bar and
+    the loop itself."""
+    s = run.phases.seconds
+    out = {"total": run.phases.total(), "setup": s["setup"], "warm-up": s["warm-up"],
+           "steps": s["steps"], "evaluation": s["evaluation"], "checkpoints": s["checkpoints"]}
+    out["other"] = out["total"] - sum(v for k, v in out.items() if k != "total")
+    return out
 
 
 def train_step(run: Run, cfg, env, params: list) -> torch.Tensor:

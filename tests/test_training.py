@@ -20,7 +20,7 @@ from common.files import atomic_write, clean_stale_temp_files, temp_name
 from configs import build
 from model import load_run
 from training.config import TrainConfig
-from training.env import RunEnv, start_env
+from training.env import Phases, RunEnv, start_env
 from training.evaluate import ValWindows
 from training.optim import lr_scale, schedule_warnings
 from training.stops import DivergenceWatch
@@ -79,7 +79,7 @@ def fused_adamw(monkeypatch):
 def test_a_training_step_reads_nothing_back(corpus, tmp_path, fused_adamw, extra):
     cfg = settings(corpus, tmp_path / "out", **extra)
     env = start_env(cfg)
-    run = train.setup(cfg, None, env)
+    run = train.setup(cfg, None, env, Phases())
     params, watch = list(run.raw_model.parameters()), DivergenceWatch(env.device)
     with HostReads() as mode:
         for it in range(3):
@@ -120,7 +120,7 @@ def test_float16_with_the_grad_scaler_trains_and_skips_an_overflowing_step(corpu
             torch.ones(2, 2) @ torch.ones(2, 2)
     except RuntimeError as e:
         pytest.skip(f"this torch has no float16 autocast on the CPU: {e}")
-    run = train.setup(cfg, None, env)
+    run = train.setup(cfg, None, env, Phases())
     assert run.scaler.is_enabled()
     params = list(run.raw_model.parameters())
     losses = [train.train_step(run, cfg, env, params).item() for _ in range(30)]
@@ -139,7 +139,7 @@ def test_float16_with_the_grad_scaler_trains_and_skips_an_overflowing_step(corpu
 def test_full_val_batches_keep_one_shape_and_the_loss_is_exact(corpus, tmp_path):
     cfg = settings(corpus, tmp_path / "out", batch_size=7)
     env = start_env(cfg)
-    run = train.setup(cfg, None, env)
+    run = train.setup(cfg, None, env, Phases())
     from data import load_meta
     windows = ValWindows(run.data_dir, load_meta(run.data_dir), cfg, env)
     assert len(windows.x) % windows.rows == 0 and windows.count % windows.rows != 0  # a padded last batch

@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
@@ -112,11 +113,12 @@ class StepTimer:
     """Pure training time, without a host sync per step. On CUDA each step is bracketed by two
     events recorded on the stream, and their elapsed time is read only when asked (at a log or
     an eval, which wait for the GPU anyway); elsewhere the work is synchronous and a plain clock
-    around the step is exact."""
+    around the step is exact. What is read is also added to the run's phases."""
 
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
+    def __init__(self, device: torch.device, phases: "Phases"):
+        self.cuda, self.phases = device.type == "cuda", phases
         self.pending, self.t0 = [], 0.0
+        self.steps, self.seconds = 0, 0.0  # since the last rate()
 
     def start(self):
         if self.cuda:
@@ -126,13 +128,14 @@ class StepTimer:
             self.t0 = time.perf_counter()
 
     def stop(self):
+        self.steps += 1
         if self.cuda:
             self.pending[-1][1].record()
         else:
             self.pending.append(time.perf_counter() - self.t0)
 
-    def split(self) -> float:
-        """Seconds of the steps timed since the last read (waits for them on CUDA)."""
+    def split(self, phase: str = "steps") -> float:
+        """Seconds of the steps timed since the last split (waits for them on CUDA)."""
         if self.cuda:
             if self.pending:
                 self.pending[-1][1].synchronize()
@@ -140,4 +143,31 @@ class StepTimer:
         else:
             seconds = sum(self.pending)
         self.pending = []
+        self.seconds += seconds
+        self.phases.seconds[phase] += seconds
         return seconds
+
+    def rate(self) -> float:
+        """Steps per second since the last call (of the steps split so far)."""
+        rate = self.steps / max(self.seconds, 1e-9)
+        self.steps, self.seconds = 0, 0.0
+        return rate
+
+
+class Phases:
+    """Wall seconds by phase of the run (setup, evaluation, checkpoints, ...), for the summary a
+    run ends with: where a user's minutes went, not only the optimizer steps'."""
+
+    def __init__(self):
+        self.start, self.seconds = time.perf_counter(), defaultdict(float)
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - t0
+
+    def total(self) -> float:
+        return time.perf_counter() - self.start

@@ -3,7 +3,8 @@
     out_dir/metrics.jsonl   one JSON object per line: {"kind": "train", "iter", "loss", "lr",
                             "tok_per_s", "mfu"} every log_interval steps, {"kind": "eval", "iter",
                             "train_loss", "val_loss", "train_time"} every eval, and one
-                            {"kind": "warmup", "iter", "seconds"}: the first step (compilation)
+                            {"kind": "warmup", "iter", "seconds"}: the first step (compilation), and at the end
+                            {"kind": "phases", ...}: where the run's wall time went, in seconds
     out_dir/loss.svg        the loss curve, redrawn at every eval: open it in a browser
     wandb                   the same records, if --wandb_log (it never blocks or stops a run)
     the console             a progress bar on a terminal, plain lines in a log file
@@ -113,6 +114,12 @@ class RunLog:
     def warmup(self, it: int, seconds: float):
         self.record({"kind": "warmup", "iter": it, "seconds": seconds})
 
+    def phases(self, seconds: dict):
+        """Where this process's wall time went (to the file only: it belongs to no step)."""
+        self.file.write(json.dumps({"kind": "phases", "iter": -1, **{k.replace("-", "_"): v
+                                                                    for k, v in seconds.items()}}) + "\n")
+        self.file.flush()
+
     def step(self):
         self.bar.update(1)
 
@@ -134,6 +141,7 @@ class NullLog:
     def train(self, *args): pass
     def eval(self, *args): pass
     def warmup(self, *args): pass
+    def phases(self, *args): pass
     def step(self): pass
     def close(self): pass
 

@@ -75,18 +75,20 @@ class Checkpoints:
     """Writes the whole training state to out_dir/<name>, and restores it. Rank 0 writes;
     every rank must call save(), since gathering the RNGs is a collective."""
 
-    def __init__(self, out_dir: Path, env, model, optimizers, scaler, cfg, model_config, tokenizer):
+    def __init__(self, out_dir: Path, env, model, optimizers, scaler, cfg, model_config, tokenizer, phases):
         self.out_dir, self.env, self.model, self.optimizers, self.scaler = out_dir, env, model, optimizers, scaler
         self.fixed = {"config": asdict(cfg), "model_config": asdict(model_config), "tokenizer": tokenizer.to_dict()}
+        self.phases = phases  # saving is timed as its own phase
 
     def save(self, names: list[str], state: RunState, wandb_id: str | None):
-        run = state.state_dict(self.env)
-        if not self.env.master or not names:
-            return
-        ckpt = {"model": self.model.state_dict(), **self.fixed, **run, "wandb_run_id": wandb_id,
-                "optimizer": [o.state_dict() for o in self.optimizers], "scaler": self.scaler.state_dict()}
-        for name in names:
-            save_checkpoint(self.out_dir / name, ckpt)
+        with self.phases("checkpoints"):
+            run = state.state_dict(self.env)
+            if not self.env.master or not names:
+                return
+            ckpt = {"model": self.model.state_dict(), **self.fixed, **run, "wandb_run_id": wandb_id,
+                    "optimizer": [o.state_dict() for o in self.optimizers], "scaler": self.scaler.state_dict()}
+            for name in names:
+                save_checkpoint(self.out_dir / name, ckpt)
 
     def restore(self, ckpt: dict, state: RunState):
         """Load last.pt into the model, the optimizers, the scaler and the run state; a
