@@ -99,8 +99,9 @@ SHAPES = [(32, 32), (32, 32), (32, 32), (64, 16), (64, 16), (16, 64), (24, 40)]
 
 
 def mixed_groups():
-    """Two param groups with different hyperparameters over mixed shapes (three square and two
-    tall in one group, one wide and one other in the second), plus a last matrix that gets no gradient and must not move."""
+    """Two param groups with different hyperparameters over mixed shapes: three square and two
+    tall matrices in the first; one wide, one 24x40 and, last, a square one that never gets a
+    gradient (so must not move) in the second."""
     g = torch.Generator().manual_seed(0)
     ps = [torch.randn(s, generator=g) for s in SHAPES + [(32, 32)]]
     return [dict(params=ps[:5], lr=0.02, momentum=0.95, nesterov=True, weight_decay=0.1),

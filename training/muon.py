@@ -11,8 +11,8 @@ gains stay with AdamW: embeddings are lookups, not linear maps of a hidden state
 rows are per-token scores, so orthogonalising their updates does not fit them.
 
 Same-shape matrices are orthogonalised together, as one batch (n, out, in): a GPT has only three
-shapes (q/k/v/o, fc, proj), so a step runs three Newton-Schulz iterations instead of one per
-matrix. On a GPU that is what counts: each iteration is ~50 small kernels, and one per matrix
+shapes (q/k/v/o, fc, proj), so a step runs Newton-Schulz three times, batched, instead of once per
+matrix. On a GPU that is what counts: one Newton-Schulz is ~45 small kernels, and one per matrix
 (~36 of them) meant ~1,800 launches a step, longer than the model's compiled forward+backward.
 
 Why not torch.optim.Muon (PyTorch >= 2.9)? It runs Newton-Schulz in bfloat16 always, which is
@@ -58,11 +58,14 @@ def orthogonalize(G, steps: int = 5, eps: float = 1e-7, dtype: torch.dtype | Non
 
 class Muon(torch.optim.Optimizer):
     """compile_ns: run the batched Newton-Schulz through torch.compile (dynamic=False: one graph
-    per matrix shape, three for a GPT). Worth it on a GPU, where Inductor fuses the elementwise
-    work into few kernels and a step launches a handful instead of ~150; it costs a compile of
-    a few seconds per shape at the first step. True means Inductor; a string or callable names
-    another torch.compile backend. Off by default: on a CPU the matmuls dominate and eager is
-    as fast (bench/bench_muon.py measures it)."""
+    per matrix shape, three for a GPT; more than 8 shapes would hit dynamo's recompile limit and
+    fall back to eager). Meant for GPU runs, where eager Newton-Schulz is ~45 small kernels per
+    shape and Inductor fuses each iteration's five elementwise ops (not yet measured on a GPU:
+    compare with bench/bench_muon.py --device=cuda --compile). It costs a compile at the
+    first step (~25 s cold for three shapes on a 2-core CPU; Inductor caches it on disk). On a
+    CPU it saved ~10% of a Muon step for speedrun_cpu's matrices (bench/bench_muon.py), a few
+    ms a step: worth it only for long runs. True means Inductor; a string or callable names
+    another torch.compile backend (the tests use cheap ones)."""
 
     def __init__(self, params, lr=0.02, momentum=0.95, nesterov=True, weight_decay=0.0,
                  compile_ns=False):
