@@ -63,7 +63,7 @@ class Muon(torch.optim.Optimizer):
     shape and Inductor fuses each iteration's five elementwise ops (not yet measured on a GPU:
     compare with bench/bench_muon.py --device=cuda --compile). It costs a compile at the
     first step (~25 s cold for three shapes on a 2-core CPU; Inductor caches it on disk). On a
-    CPU it saved ~10% of a Muon step for speedrun_cpu's matrices (bench/bench_muon.py), a few
+    CPU it saved 10-15% of a Muon step for speedrun_cpu's matrices (bench/bench_muon.py), a few
     ms a step: worth it only for long runs. True means Inductor; a string or callable names
     another torch.compile backend (the tests use cheap ones)."""
 
