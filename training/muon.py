@@ -10,56 +10,104 @@ Only for the blocks' matrices (GPT.parameters_by_role()["matrices"]); embeddings
 gains stay with AdamW: embeddings are lookups, not linear maps of a hidden state, and the head's
 rows are per-token scores, so orthogonalising their updates does not fit them.
 
+Same-shape matrices are orthogonalised together, as one batch (n, out, in): a GPT has only three
+shapes (q/k/v/o, fc, proj), so a step runs Newton-Schulz three times, batched, instead of once per
+matrix. On a GPU that is what counts: one Newton-Schulz is ~45 small kernels, and one per matrix
+(~36 of them) meant ~1,800 launches a step, longer than the model's compiled forward+backward.
+
 Why not torch.optim.Muon (PyTorch >= 2.9)? It runs Newton-Schulz in bfloat16 always, which is
-fast on a GPU but ~20x slower than float32 on a CPU without bf16 units; here the iteration runs
-in bf16 on CUDA and float32 elsewhere, and the code works on every torch this project supports.
+fast on a GPU with bf16 units but ~20x slower than float32 on a CPU without them; here the
+iteration runs in bf16 only where the hardware computes it (newton_schulz_dtype), and the code
+works on every torch this project supports.
 """
+
+from collections import defaultdict
 
 import torch
 
+from common.device import capability, native_bf16
 
-def orthogonalize(G, steps: int = 5, eps: float = 1e-7):
-    """Approximately U V^T for G = U S V^T, G (out, in). A quintic Newton-Schulz iteration
-    whose coefficients (3.4445, -4.7750, 2.0315) push every singular value towards ~1 fast;
-    it lands in roughly [0.7, 1.2] rather than exactly 1, which trains just as well."""
+
+def newton_schulz_dtype(device_type: str, cap: tuple[int, int] | None) -> torch.dtype:
+    """bf16 where the GPU computes it natively (compute capability 8.0+), float32 elsewhere:
+    on older GPUs (T4, V100) bf16 is only emulated, and on CPUs it is slower than float32.
+    The iteration tolerates bf16's rounding: it only has to land singular values near 1."""
+    return torch.bfloat16 if native_bf16(device_type, cap) else torch.float32
+
+
+def orthogonalize(G, steps: int = 5, eps: float = 1e-7, dtype: torch.dtype | None = None):
+    """Approximately U V^T for G = U S V^T, G (out, in), or a batch of same-shape matrices
+    (n, out, in), each orthogonalised on its own. A quintic Newton-Schulz iteration whose
+    coefficients (3.4445, -4.7750, 2.0315) push every singular value towards ~1 fast; it lands
+    in roughly [0.7, 1.2] rather than exactly 1, which trains just as well.
+    dtype: what the iteration computes in; by default newton_schulz_dtype's rule for G's device."""
     a, b, c = 3.4445, -4.7750, 2.0315
-    X = G.bfloat16() if G.is_cuda else G.float()
-    tall = X.size(0) > X.size(1)
+    if dtype is None:
+        dtype = newton_schulz_dtype(G.device.type, capability(G.device))
+    X = G.to(dtype)
+    tall = X.size(-2) > X.size(-1)
     if tall:
-        X = X.T                          # iterate on the wide side: X X^T is the smaller matrix
-    X = X / (X.norm() + eps)             # singular values <= 1, where the iteration converges
+        X = X.mT                         # iterate on the wide side: X X^T is the smaller matrix
+    # each matrix divided by its own Frobenius norm: singular values <= 1, where it converges
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)
     for _ in range(steps):
-        A = X @ X.T
+        A = X @ X.mT                     # (..., out, out) with out <= in
         X = a * X + (b * A + c * A @ A) @ X
-    return X.T if tall else X
+    return X.mT if tall else X
 
 
 class Muon(torch.optim.Optimizer):
-    def __init__(self, params, lr=0.02, momentum=0.95, nesterov=True, weight_decay=0.0):
+    """compile_ns: run the batched Newton-Schulz through torch.compile (dynamic=False: one graph
+    per matrix shape, three for a GPT; more than 8 shapes would hit dynamo's recompile limit and
+    fall back to eager). Meant for GPU runs, where eager Newton-Schulz is ~45 small kernels per
+    shape and Inductor fuses each iteration's five elementwise ops (not yet measured on a GPU:
+    compare with bench/bench_muon.py --device=cuda --compile). It costs a compile at the
+    first step (~25 s cold for three shapes on a 2-core CPU; Inductor caches it on disk). On a
+    CPU it saved 10-15% of a Muon step for speedrun_cpu's matrices (bench/bench_muon.py), a few
+    ms a step: worth it only for long runs. True means Inductor; a string or callable names
+    another torch.compile backend (the tests use cheap ones)."""
+
+    def __init__(self, params, lr=0.02, momentum=0.95, nesterov=True, weight_decay=0.0,
+                 compile_ns=False):
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov,
                                       weight_decay=weight_decay))
         for group in self.param_groups:
             for p in group["params"]:
                 if p.dim() != 2:
                     raise ValueError(f"Muon only takes 2-D weight matrices, got shape {tuple(p.shape)}")
+        self._orthogonalize = orthogonalize
+        if compile_ns:
+            backend = "inductor" if compile_ns is True else compile_ns
+            self._orthogonalize = torch.compile(orthogonalize, dynamic=False, backend=backend)
 
     @torch.no_grad()
     def step(self):
         for group in self.param_groups:
             lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if "momentum" not in state:
-                    state["momentum"] = torch.zeros_like(p)
-                buf = state["momentum"]
-                buf.mul_(mu).add_(p.grad)
-                update = p.grad.add(buf, alpha=mu) if group["nesterov"] else buf
-                update = orthogonalize(update)
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            for p in params:
+                if "momentum" not in self.state[p]:
+                    self.state[p]["momentum"] = torch.zeros_like(p)
+            bufs = [self.state[p]["momentum"] for p in params]
+            grads = [p.grad for p in params]
+            # per matrix, as buf.mul_(mu).add_(grad); the _foreach_ ops do each over the whole
+            # list, in one fused kernel per op on CUDA (and a plain loop on a CPU)
+            torch._foreach_mul_(bufs, mu)
+            torch._foreach_add_(bufs, grads)
+            updates = torch._foreach_add(grads, bufs, alpha=mu) if group["nesterov"] else bufs
+
+            same_shape = defaultdict(list)   # (shape, device, dtype) -> [(param, update)]
+            for p, u in zip(params, updates):
+                same_shape[p.shape, p.device, p.dtype].append((p, u))
+            for (shape, device, dtype), pairs in same_shape.items():
+                ps = [p for p, _ in pairs]
+                ns_dtype = newton_schulz_dtype(device.type, capability(device))
+                O = self._orthogonalize(torch.stack([u for _, u in pairs]), dtype=ns_dtype)  # (n, out, in)
                 # U V^T has entries of size ~1/sqrt(in); scale tall matrices up so every layer's
                 # update has about the same RMS (Keller Jordan's original scaling)
-                scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
+                scale = max(1.0, shape[0] / shape[1]) ** 0.5
                 if wd:
-                    p.mul_(1 - lr * wd)
-                p.add_(update.to(p.dtype), alpha=-lr * scale)
+                    torch._foreach_mul_(ps, 1 - lr * wd)
+                torch._foreach_add_(ps, list(O.to(dtype).unbind(0)), alpha=-lr * scale)
