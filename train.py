@@ -178,7 +178,8 @@ def train(cfg: TrainConfig, env, run: Run, log, stopper: Stopper) -> int:
 
         # evaluate and checkpoint: every eval_interval steps and at the end (a resumed run's
         # first iteration was evaluated before its checkpoint was written)
-        if (it % cfg.eval_interval == 0 or it == cfg.max_iters) and not (run.resumed and it == first):
+        due = it % cfg.eval_interval == 0 and (it > 0 or cfg.eval_at_start) or it == cfg.max_iters
+        if due and not (run.resumed and it == first):
             if diverged(watch, env, out_dir):
                 return 1
             state.train_time += timer.split()

@@ -54,7 +54,10 @@ class BatchLoader:
         ix = self.rng.integers(0, self.n - self.block_size, size=self.batch_size)  # last start: n-T-1
         self.batches += 1
         if self.tokens is not None:  # the same windows, gathered on the device
-            w = self.tokens[torch.from_numpy(ix).to(self.device)[:, None] + self.offsets]
+            ix = torch.from_numpy(ix)
+            if self.device.type == "cuda":  # from page-locked memory the copy does not block the host
+                ix = ix.pin_memory()
+            w = self.tokens[ix.to(self.device, non_blocking=True)[:, None] + self.offsets]
             return w[:, :-1], w[:, 1:]
         # map the file afresh each call: a long-lived np.memmap leaks memory (as noted in nanoGPT)
         data = np.memmap(self.path, dtype=self.dtype, mode="r")

@@ -76,6 +76,7 @@ class TrainConfig:
     seed: int = 1337
     data_on_device: bool = False        # keep the whole dataset on the device, gather batches there
     eval_full_val: bool = False         # val loss from one exact pass over the whole val split
+    eval_at_start: bool = True          # also evaluate before the first step (false: a speedrun's seconds)
     stop_at_val_loss: float | None = None  # stop as soon as an eval reaches this val loss
     peak_flops: float | None = None     # the device's peak FLOP/s for MFU; none = known GPUs only
     # logging
