@@ -262,3 +262,10 @@ def test_load_run(corpus, tmp_path):
         load_run(out, ckpt="nope.pt")
     with pytest.raises(UserError, match="does not exist: train first"):
         load_run(tmp_path / "missing")
+
+
+def test_eval_at_start_false_skips_only_the_first_eval(corpus, tmp_path):
+    out = tmp_path / "out"
+    assert train.main(argv(settings(corpus, out, eval_at_start=False, eval_interval=4, max_iters=8))) == 0
+    evals = [r["iter"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "eval"]
+    assert evals == [4, 8]
