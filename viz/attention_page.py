@@ -175,7 +175,7 @@ def render_page(d: dict, loss_html: str) -> str:
     masked = (f"masked (a key in the query's future, or {W} or more tokens back: outside its "
               f"window; weight 0)" if W else "masked (a key in the query's future: weight 0)")
     parts = {"TITLE": html.escape(title), "SUMMARY": summary(d), "SCALE": str(d["scale"]),
-             "MASKED": html.escape(masked),
+             "MASKED": html.escape(masked, quote=False),
              "LOSS": f'<section id="loss">{loss_html}</section>' if loss_html else "", "DATA": payload}
     # one pass, so a token that happens to read "__DATA__" is never substituted again
     template = files(__package__).joinpath("attention_page.html").read_text(encoding="utf-8")
