@@ -178,7 +178,8 @@ class CausalSelfAttention(nn.Module):
             # past keys and values never change (earlier tokens cannot see later ones), so
             # they are stored once and reused: (B, nkv, T_k, hs). A plain KVCache returns keys
             # 0..pos+T-1 in order (mask None); a rolling one returns its ring, out of order,
-            # with the (T, T_k) mask of which keys each new query may see.
+            # with the (T, T_k) mask of which keys each new query may see (None once the ring is
+            # full and one token comes: it sees every slot).
             k, v, mask = cache.update(self.layer, k, v)
         # GQA: each group of n_head / n_kv_head query heads shares one key/value head
         groups = self.n_head // self.n_kv_head

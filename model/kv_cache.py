@@ -98,6 +98,7 @@ class RollingKVCache:
         self.slots = torch.arange(window, device=device)            # (W,) slot indexes
         self.max_len = None  # never full: position p goes to slot p % window
         self.pos = 0         # positions seen so far; the next token is position pos
+        self._mask, self._mask_for = None, None  # mask(): the last one built, and for which (pos, T)
 
     @classmethod
     def for_model(cls, config, batch_size, device=None, dtype=None):
@@ -116,9 +117,8 @@ class RollingKVCache:
     def update(self, layer: int, k, v):
         """Store the new k, v (B, nkv, T, hs) of positions pos .. pos+T-1. Returns the keys and
         values those T queries attend over, (B, nkv, T_k, hs), and the (T, T_k) bool mask of
-        which of them each query may see."""
+        which of them each query may see (or None when it may see them all, see mask())."""
         T, W = k.size(2), self.window
-        new_pos = torch.arange(self.pos, self.pos + T, device=k.device)  # (T,)
         if T == 1:
             # decoding: the new token's slot holds position pos - W, the one key that has just
             # left its window, so overwrite it first and attend over the ring itself (W keys)
@@ -126,22 +126,36 @@ class RollingKVCache:
             self.k[layer, :, :, slot] = k[:, :, 0]
             self.v[layer, :, :, slot] = v[:, :, 0]
             keys, values = self.k[layer], self.v[layer]
-            key_pos = self.slot_positions(self.pos)                      # (W,)
         else:
             # several new tokens (a prompt): new token pos+t overwrites position pos+t-W, which
             # the new queries before it still see. So they attend over the ring as it was and
             # the new keys side by side, (B, nkv, W + T, hs); the mask gives each its band.
             keys = torch.cat([self.k[layer], k], dim=2)
             values = torch.cat([self.v[layer], v], dim=2)
-            key_pos = torch.cat([self.slot_positions(self.pos - 1), new_pos])  # (W + T,)
             # then the ring keeps the last W new ones; earlier ones are out of every later window
             n = min(T, W)
-            slots = new_pos[T - n:] % W
+            slots = torch.arange(self.pos + T - n, self.pos + T, device=k.device) % W
             self.k[layer].index_copy_(2, slots, k[:, :, T - n:])
             self.v[layer].index_copy_(2, slots, v[:, :, T - n:])
-        written = key_pos >= 0                               # (T_k,) slots not written yet hold no key
-        mask = position_mask(new_pos, key_pos, W) & written  # (T, T_k)
-        return keys, values, mask
+        return keys, values, self.mask(T)
+
+    def mask(self, T: int):
+        """(T, T_k) bool: which of the keys update() returns the T new queries (positions
+        pos .. pos+T-1) may see. It depends on pos and T alone, so every layer of a step
+        shares it: built once per step, at the first layer's call. None once the ring is full
+        and one token comes: it sees every slot, and attention needs no mask at all then."""
+        if T == 1 and self.pos >= self.window - 1:
+            return None
+        if self._mask_for != (self.pos, T):
+            new_pos = torch.arange(self.pos, self.pos + T, device=self.slots.device)   # (T,)
+            if T == 1:
+                key_pos = self.slot_positions(self.pos)                   # the ring, pos written
+            else:
+                key_pos = torch.cat([self.slot_positions(self.pos - 1), new_pos])  # ring as it was + new
+            written = key_pos >= 0                        # slots not written yet hold no key
+            self._mask = position_mask(new_pos, key_pos, self.window) & written   # (T, T_k)
+            self._mask_for = (self.pos, T)
+        return self._mask
 
     def advance(self, n: int):
         self.pos += n
