@@ -9,6 +9,6 @@ from .gpt import GPT
 from .kv_cache import KVCache, RollingKVCache
 from .checkpoint import load_run
 
-__all__ = ["GPT", "GPTConfig", "ConfigError", "KVCache", "RollingKVCache", "CausalSelfAttention", "attention",
-           "causal_mask", "causal_softmax", "position_mask", "sdpa_attention", "decode", "generate", "generate_stream", "sample_next", "load_run",
-           "eval_mode"]
+__all__ = ["GPT", "GPTConfig", "ConfigError", "KVCache", "RollingKVCache", "CausalSelfAttention",
+           "attention", "causal_mask", "causal_softmax", "position_mask", "sdpa_attention", "decode",
+           "generate", "generate_stream", "sample_next", "load_run", "eval_mode"]
