@@ -404,7 +404,8 @@ def test_window_mask_is_a_band_under_the_diagonal():
 
 def test_windowed_weights_are_exactly_zero_outside_the_band():
     m = tiny(n_kv_head=2, pos_emb="rope", attn_window=5)
-    band = causal_mask(16, 16, window=5)
+    ones = torch.ones(16, 16, dtype=torch.bool)
+    band = ones.tril() & ~ones.tril(diagonal=-5)     # i - 5 < j <= i, not from causal_mask
     for w in m.attention_maps(torch.randint(0, 37, (2, 16))):
         assert (w[..., ~band] == 0).all() and (w[..., band] > 0).all()
         torch.testing.assert_close(w.sum(-1), torch.ones(2, 4, 16))
