@@ -11,6 +11,9 @@ Three ways to decode, one past-block_size policy (model/generate.py), the same t
   --fast=false        the KV cache: only the new token runs through the model each step
   --fast=auto         on CUDA, a static cache and a decode step replayed as a CUDA graph
                       (model/fast_decode.py); elsewhere the same as --fast=false
+A model trained with a sliding window (attn_window) and rotary positions reads the whole
+prompt and decodes past block_size without ever cutting its context: its KV cache is a ring
+of attn_window slots per layer (a rolling cache), on every path.
 The fast path checks itself before the first token (StaticDecoder.verify); if it fails, one
 `warning:` line says so and the plain KV cache decodes instead: the same text, only slower.
 The samples go to stdout, one after another, each followed by a line of dashes; the figures
@@ -141,7 +144,7 @@ def decode_steps(cfg, model, idx, device, generator, err=None):
         return decode(model, idx, cfg.max_new_tokens, use_cache=False, **kw), "uncached", 0.0
     fast = cfg.fast == "true" or cfg.compile or (cfg.fast == "auto" and device.type == "cuda")
     if not fast:
-        return decode(model, idx, cfg.max_new_tokens, use_cache=True, **kw), "KV cache", 0.0
+        return decode(model, idx, cfg.max_new_tokens, use_cache=True, **kw), cache_name(model), 0.0
     t0 = time.perf_counter()
     try:
         dec = StaticDecoder(model, idx.size(0) * cfg.num_samples, compile=cfg.compile)
@@ -156,10 +159,16 @@ def decode_steps(cfg, model, idx, device, generator, err=None):
         dec = None
     setup_s = time.perf_counter() - t0
     if dec is None:
-        return decode(model, idx, cfg.max_new_tokens, use_cache=True, **kw), "KV cache", setup_s
-    name = "static cache" + (" + CUDA graph" if dec.graph is not None else " (eager, no CUDA graph)") + \
+        return decode(model, idx, cfg.max_new_tokens, use_cache=True, **kw), cache_name(model), setup_s
+    name = ("static ring cache" if dec.ring else "static cache") + \
+        (" + CUDA graph" if dec.graph is not None else " (eager, no CUDA graph)") + \
         (" + torch.compile" if cfg.compile else "")
     return dec.decode(idx, cfg.max_new_tokens, **kw), name, setup_s
+
+
+def cache_name(model) -> str:
+    w = model.config.attn_window
+    return f"rolling KV cache (a ring of {w} slots per layer)" if model.config.rolling else "KV cache"
 
 
 def sample(cfg: SampleConfig, out=None, err=None) -> list[list[int]]:
@@ -202,7 +211,9 @@ def sample(cfg: SampleConfig, out=None, err=None) -> list[list[int]]:
     out.flush()
 
     n = cfg.num_samples * cfg.max_new_tokens
-    cut = f" (longer than block_size {bs}: the model sees its last {bs})" if len(prompt_ids) > bs else ""
+    cut = ""
+    if len(prompt_ids) > bs and not model.config.rolling:  # a rolling model reads all of it
+        cut = f" (longer than block_size {bs}: the model sees its last {bs})"
     print(f"prompt: {len(prompt_ids)} tokens{cut}", file=err)
     print(f"generated: {cfg.num_samples} x {cfg.max_new_tokens} = {n} tokens in {elapsed:.2f} s, "
           f"{n / max(elapsed, 1e-9):,.0f} tokens/s", file=err)

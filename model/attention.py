@@ -8,6 +8,9 @@ The core idea, for one head:
     out     = weights V                        a weighted average of the values
 Several heads do this side by side on slices of the channels; their outputs are
 concatenated and mixed by one more matrix, W_O.
+
+Sliding-window attention (attn_window = W > 0, as in Mistral) masks more: query i also
+ignores keys W or more positions back, so it sees keys i-W+1..i, a band under the diagonal.
 """
 
 import math
@@ -17,41 +20,60 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def causal_mask(t_q: int, t_k: int, device=None) -> torch.Tensor:
+def causal_mask(t_q: int, t_k: int, window: int = 0, device=None) -> torch.Tensor:
     """(t_q, t_k) bool, True where query i may look at key j.
 
     The queries are the *last* t_q of the t_k positions (with a KV cache the keys
     include everything already seen), so query i sits at absolute position
     t_k - t_q + i and sees keys j <= that. With t_q == t_k this is the familiar
-    lower triangle; with t_q == 1 the single new token sees every key.
+    lower triangle; with t_q == 1 the single new token sees every key. With a window,
+    only the band of the last `window` positions of each row is left.
     """
-    q_pos = torch.arange(t_k - t_q, t_k, device=device).unsqueeze(1)  # (t_q, 1)
-    k_pos = torch.arange(t_k, device=device).unsqueeze(0)              # (1, t_k)
-    return k_pos <= q_pos
+    q_pos = torch.arange(t_k - t_q, t_k, device=device)                # (t_q,)
+    k_pos = torch.arange(t_k, device=device)                           # (t_k,)
+    return position_mask(q_pos, k_pos, window)
 
 
-def causal_softmax(scores):
-    """softmax over the keys after hiding every key in the query's future.
+def position_mask(q_pos, k_pos, window: int = 0) -> torch.Tensor:
+    """The same rule from absolute positions: q_pos (t_q,), k_pos (t_k,) -> (t_q, t_k) bool.
+    A key is visible if it is not in the query's future and, with window > 0, fewer than
+    `window` positions back: i - window < j <= i. The keys may come in any order (a rolling
+    KV cache keeps them in a ring), as long as k_pos says where each one came from."""
+    i, j = q_pos.unsqueeze(1), k_pos.unsqueeze(0)                      # (t_q, 1), (1, t_k)
+    mask = j <= i                                                      # not in the future
+    if window > 0:
+        mask = mask & (j > i - window)                                 # nor out of the window
+    return mask
 
-    scores: (..., t_q, t_k). Masked entries are set to -inf before the softmax, so their
-    weight is exactly 0 and the visible weights in each row still sum to 1."""
-    mask = causal_mask(scores.size(-2), scores.size(-1), device=scores.device)
+
+def causal_softmax(scores, window: int = 0, mask=None):
+    """softmax over the keys after hiding every key the query may not see: those in its future
+    and, with window > 0, those `window` or more positions back.
+
+    scores: (..., t_q, t_k). mask (t_q, t_k) bool, if given, says which keys are visible instead
+    (a rolling KV cache's keys are out of order, so it builds its own). Masked entries are set to
+    -inf before the softmax, so their weight is exactly 0 and the visible weights in each row
+    still sum to 1."""
+    if mask is None:
+        mask = causal_mask(scores.size(-2), scores.size(-1), window, device=scores.device)
     return F.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
 
 
-def attention(q, k, v, causal: bool = True, dropout_p: float = 0.0, return_weights: bool = False):
+def attention(q, k, v, causal: bool = True, dropout_p: float = 0.0, return_weights: bool = False,
+              window: int = 0, mask=None):
     """Scaled dot-product attention in plain PyTorch: matmul, (mask,) softmax, matmul.
 
     q: (..., t_q, hs), k and v: (..., t_k, hs) with t_q <= t_k. Returns (..., t_q, hs)
     and, if asked, the attention weights (..., t_q, t_k). causal=False is the unmasked
     attention of the textbook examples (every token sees every other); a GPT is causal.
+    window > 0: sliding-window attention; mask: as in causal_softmax.
     """
     hs = q.size(-1)
     scores = q @ k.transpose(-2, -1) / math.sqrt(hs)          # (..., t_q, t_k)
     # dividing by sqrt(hs) keeps the scores' spread near 1 whatever the head size,
     # so the softmax does not saturate into a one-hot at initialisation
     if causal:
-        weights = causal_softmax(scores)                      # future keys get weight exactly 0
+        weights = causal_softmax(scores, window, mask)        # hidden keys get weight exactly 0
     else:
         weights = F.softmax(scores, dim=-1)                   # normalise over the keys
     if dropout_p > 0.0:
@@ -60,40 +82,59 @@ def attention(q, k, v, causal: bool = True, dropout_p: float = 0.0, return_weigh
     return (out, weights) if return_weights else out
 
 
-def sdpa_attention(q, k, v, dropout_p: float = 0.0):
+def sdpa_attention(q, k, v, dropout_p: float = 0.0, window: int = 0, mask=None):
     """The same computation through PyTorch's fused kernel (flash / memory-efficient)."""
     t_q, t_k = q.size(-2), k.size(-2)
-    if t_q == t_k:
-        # top-left aligned causal mask, correct when queries and keys are the same positions
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-    if t_q == 1:
-        # one new token attends to every key it is given: no mask at all
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
-    # fewer queries than keys: is_causal would align the triangle to the top-left, which is
-    # wrong here, so pass our end-aligned mask explicitly
-    mask = causal_mask(t_q, t_k, device=q.device)
+    if mask is None:
+        if window > 0 and t_k > window:
+            # a band: is_causal cannot say "and not too far back", so the mask goes in explicitly
+            # (with t_k <= window no key is that far back, and the plain causal cases below hold)
+            mask = causal_mask(t_q, t_k, window, device=q.device)
+        elif t_q == t_k:
+            # top-left aligned causal mask, correct when queries and keys are the same positions
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        elif t_q == 1:
+            # one new token attends to every key it is given: no mask at all
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        else:
+            # fewer queries than keys: is_causal would align the triangle to the top-left, which
+            # is wrong here, so pass our end-aligned mask explicitly
+            mask = causal_mask(t_q, t_k, device=q.device)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
 
 
 class Rotary(nn.Module):
     """Rotary position embedding (RoPE): rotate each (x1, x2) channel pair of q and k by an
     angle proportional to the token's position, so q . k depends on the *distance* between
-    two tokens rather than on where they sit."""
+    two tokens rather than on where they sit.
 
-    def __init__(self, head_size: int, max_len: int, base: float = 10000.0):
+    The angles are computed for the positions asked for, not read from a table that ends at
+    block_size: a sliding-window model decodes past block_size (model/config.py, `rolling`)."""
+
+    def __init__(self, head_size: int, base: float = 10000.0):
         super().__init__()
-        inv_freq = 1.0 / (base ** (torch.arange(0, head_size, 2).float() / head_size))  # (hs/2,)
-        angles = torch.outer(torch.arange(max_len).float(), inv_freq)                   # (T, hs/2)
-        self.register_buffer("cos", angles.cos(), persistent=False)
-        self.register_buffer("sin", angles.sin(), persistent=False)
+        self.head_size, self.base = head_size, base
+
+    def cos_sin(self, positions):
+        """positions (T,) -> (cos, sin), each (T, hs/2): channel pair c turns by position * f_c.
+        In float32 whatever the model's dtype: a bfloat16 angle is whole radians off by position
+        1000. (float32 still rounds large angles: at position 10^5 the fastest pair's angle
+        carries ~0.01 rad of rounding, the same in every decode path.)"""
+        hs = self.head_size
+        inv_freq = 1.0 / (self.base ** (torch.arange(0, hs, 2, device=positions.device).float() / hs))
+        angles = torch.outer(positions.float(), inv_freq)                  # (T, hs/2)
+        return angles.cos(), angles.sin()
 
     def forward(self, x, pos: int):
         """x: (B, nh, T, hs) at absolute positions pos .. pos+T-1."""
-        T = x.size(-2)
-        cos = self.cos[pos:pos + T].to(x.dtype)                   # (T, hs/2)
-        sin = self.sin[pos:pos + T].to(x.dtype)
-        x1, x2 = x.chunk(2, dim=-1)                               # pair channel i with i + hs/2
-        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+        return rotate(x, *self.cos_sin(torch.arange(pos, pos + x.size(-2), device=x.device)))
+
+
+def rotate(x, cos, sin):
+    """x (..., T, hs) turned by the angles whose cos and sin are (T, hs/2)."""
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    x1, x2 = x.chunk(2, dim=-1)                                   # pair channel i with i + hs/2
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
 class CausalSelfAttention(nn.Module):
@@ -108,6 +149,7 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.impl = config.attn_impl
         self.qk_norm = config.qk_norm
+        self.window = config.attn_window  # 0: full causal attention
         C, hs = config.n_embd, config.head_size
         # one Linear per role; K and V are narrower when heads share them (GQA / MQA)
         self.q_proj = nn.Linear(C, self.n_head * hs, bias=config.bias)
@@ -116,11 +158,11 @@ class CausalSelfAttention(nn.Module):
         self.o_proj = nn.Linear(self.n_head * hs, C, bias=config.bias)  # W_O
         self.resid_drop = nn.Dropout(config.dropout)
 
-    def forward(self, x, rotary=None, cache=None):
-        """x: (B, T, C). With a cache, x holds only the new tokens, which sit at positions
-        cache.pos .. cache.pos+T-1, and their keys and values are appended to the cache."""
+    def forward(self, x, rope=None, cache=None):
+        """x: (B, T, C). rope: (cos, sin) of the tokens' positions (Rotary.cos_sin), or None.
+        With a cache, x holds only the new tokens, which sit at positions cache.pos ..
+        cache.pos+T-1, and their keys and values are stored in the cache."""
         B, T, C = x.size()
-        pos = cache.pos if cache is not None else 0
         # project, then split the channels into heads: (B, T, nh*hs) -> (B, nh, T, hs)
         q = self.q_proj(x).view(B, T, self.n_head, self.head_size).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_size).transpose(1, 2)
@@ -129,12 +171,16 @@ class CausalSelfAttention(nn.Module):
             # unit-RMS queries and keys bound the scores, so no head's softmax can saturate
             q = F.rms_norm(q, (self.head_size,))
             k = F.rms_norm(k, (self.head_size,))
-        if rotary is not None:
-            q, k = rotary(q, pos), rotary(k, pos)
+        if rope is not None:
+            q, k = rotate(q, *rope), rotate(k, *rope)
+        mask = None  # None: the causal (or band) mask over keys in position order, end-aligned
         if cache is not None:
             # past keys and values never change (earlier tokens cannot see later ones), so
-            # they are stored once and reused: (B, nkv, pos+T, hs)
-            k, v = cache.update(self.layer, k, v)
+            # they are stored once and reused: (B, nkv, T_k, hs). A plain KVCache returns keys
+            # 0..pos+T-1 in order (mask None); a rolling one returns its ring, out of order,
+            # with the (T, T_k) mask of which keys each new query may see (None once the ring is
+            # full and one token comes: it sees every slot).
+            k, v, mask = cache.update(self.layer, k, v)
         # GQA: each group of n_head / n_kv_head query heads shares one key/value head
         groups = self.n_head // self.n_kv_head
         if groups > 1:
@@ -142,10 +188,10 @@ class CausalSelfAttention(nn.Module):
             v = v.repeat_interleave(groups, dim=1)
         p = self.dropout if self.training else 0.0
         if self.keep_weights or self.impl == "explicit":
-            y, w = attention(q, k, v, dropout_p=p, return_weights=True)
+            y, w = attention(q, k, v, dropout_p=p, return_weights=True, window=self.window, mask=mask)
             self.weights = w if self.keep_weights else None
         else:
-            y = sdpa_attention(q, k, v, dropout_p=p)
+            y = sdpa_attention(q, k, v, dropout_p=p, window=self.window, mask=mask)
         # concatenate the heads back side by side: (B, nh, T, hs) -> (B, T, nh*hs), then W_O
         y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_size)
         return self.resid_drop(self.o_proj(y))

@@ -22,6 +22,8 @@ class GPTConfig:
     pos_emb: str = "learned"    # "learned" absolute positions (GPT-2) or "rope" (rotary)
     rope_base: float = 10000.0  # RoPE frequency base
     attn_impl: str = "sdpa"     # "sdpa" (fused kernel) or "explicit" (the math written out)
+    attn_window: int = 0        # > 0: sliding window, each token sees only its last attn_window tokens
+                                # (itself included); 0 = full causal attention
     # Options from the modded-nanogpt speedrun line of work; the defaults are GPT-2's choices.
     norm: str = "layernorm"     # "layernorm" or "rmsnorm" (parameter-free: no gain, no bias)
     embed_norm: bool = False    # normalise the embeddings before the first block
@@ -58,6 +60,11 @@ class GPTConfig:
             raise ConfigError(f"rope_base must be positive, got {self.rope_base!r}")
         if self.attn_impl not in ("sdpa", "explicit"):
             raise ConfigError(f"attn_impl must be 'sdpa' or 'explicit', got {self.attn_impl!r}")
+        w = self.attn_window
+        if not isinstance(w, int) or isinstance(w, bool) or not 0 <= w <= self.block_size:
+            raise ConfigError(
+                f"attn_window must be 0 (full causal attention) or in 1..block_size={self.block_size} "
+                f"(each token sees its last attn_window tokens), got {w!r}")
 
         if self.norm not in ("layernorm", "rmsnorm"):
             raise ConfigError(f"norm must be 'layernorm' or 'rmsnorm', got {self.norm!r}")
@@ -69,6 +76,14 @@ class GPTConfig:
     @property
     def head_size(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def rolling(self) -> bool:
+        """Can this model run past block_size? Only a sliding window with rotary positions can: it
+        only ever compares tokens fewer than attn_window apart, distances it saw in training, so
+        it decodes forever with a rolling KV cache (model/kv_cache.py), never cutting its context.
+        Learned positions cannot: their table (wpe) ends at block_size, window or not."""
+        return self.attn_window > 0 and self.pos_emb == "rope"
 
     @classmethod
     def from_dict(cls, d: dict) -> "GPTConfig":

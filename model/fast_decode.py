@@ -8,16 +8,24 @@ the kernels of one decode step once and replays them all with a single launch.
 A graph replays the exact same kernels on the exact same memory, so the step must have fixed
 shapes and fixed addresses:
   - the cache is allocated once, (n_layer, N, n_kv_head, max_len, head_size), and written in place;
-  - the position is a (1,) tensor on the device, not a Python int: rope/wpe are indexed by it,
-    k and v are written at it with index_copy_, and the step adds 1 to it itself;
+  - the position is a (1,) tensor on the device, not a Python int: wpe is indexed by it, RoPE's
+    angles are computed from it, k and v are written at it with index_copy_, and the step adds
+    1 to it itself;
   - attention always runs over all max_len cached keys, with a mask (key index <= pos) built
     from that tensor, so keys not written yet (or left over from an earlier window) get weight 0;
+    with attn_window = W it also hides keys W or more positions back (the band);
     the step reuses the model's own norms, MLP, output projection and head, and writes out only
     the attention core (fused q|k|v matmul, qk-norm, rope, cache write, masked SDPA);
   - the input token and the output logits live in static buffers; the caller copies the token
     in before a replay and must clone the logits if it keeps them past the next replay.
 The host knows how many positions are filled (it counts the steps), so it never reads `pos`
 back: no synchronisation per token. Sampling runs outside the graph, on the logits buffer.
+
+A sliding-window model with rotary positions (config.rolling) gets a ring instead of the
+block_size cache, as in model/kv_cache.py's RollingKVCache: max_len = attn_window slots, the
+step writes position pos at slot pos % attn_window, and the mask works out from pos which
+position each slot holds (negative: not written yet). Fixed shapes still, and no end: such a
+decoder never re-prefills.
 
 On CPU (or with cuda_graph=False) the same step runs eagerly: same tokens, no graph. That is
 how the CPU tests check this file against the plain cached path, token for token.
@@ -29,21 +37,23 @@ Nothing CUDA-only here has to be trusted blind: tests/test_gpu_invariants.py che
 what it relies on (no host sync per token, a step that compiles whole, the capture's streams).
 
 Prefill (the prompt, and the re-prefill past block_size) goes through the model's ordinary
-forward with a KVCache whose buffers *are* the static ones, so it writes in place too.
+forward with a KVCache (or RollingKVCache) whose buffers *are* the static ones, so it writes
+in place too.
 """
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import sdpa_kernel
 
-from .generate import DECODE_BACKENDS, check_generate_args, eval_mode, sample_next
-from .kv_cache import KVCache
+from .attention import position_mask, rotate
+from .generate import DECODE_BACKENDS, check_generate_args, eval_mode, prefill, sample_next
+from .kv_cache import KVCache, RollingKVCache
 
 # The GPTConfig fields _step is written for. tests/test_fast_decode.py fails when the model gains
 # an option that is not here, so the fixed-shape step learns it rather than silently ignoring it.
 KNOWN_CONFIG = ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "dropout",
-                "bias", "pos_emb", "rope_base", "attn_impl", "norm", "embed_norm", "qk_norm",
-                "mlp_act", "zero_init", "tie_embeddings", "logit_softcap")
+                "bias", "pos_emb", "rope_base", "attn_impl", "attn_window", "norm", "embed_norm",
+                "qk_norm", "mlp_act", "zero_init", "tie_embeddings", "logit_softcap")
 
 # verify(): how far the replayed / compiled step's logits may be from the eager step's, as a
 # fraction of the largest |logit| (or of 1, if all are smaller). A correct graph replays the very kernels the eager step ran, so
@@ -70,9 +80,10 @@ class StaticDecoder:
         p = model.wte.weight
         self.model, self.config, self.batch_size = model, cfg, batch_size
         self.device, self.dtype = p.device, p.dtype
-        self.max_len = cfg.block_size
+        self.ring = cfg.rolling  # a ring of attn_window slots that never fills, else block_size slots
+        self.max_len = cfg.attn_window if self.ring else cfg.block_size   # slots per layer
         # the static buffers: cache, position, input token, output logits
-        self.cache = KVCache.for_model(cfg, batch_size, self.device, self.dtype)
+        self.cache = model.new_cache(batch_size, self.device, self.dtype)
         self.pos = torch.zeros(1, dtype=torch.long, device=self.device)          # next position
         self.tok = torch.zeros(batch_size, 1, dtype=torch.long, device=self.device)
         self.logits = torch.zeros(batch_size, cfg.vocab_size, device=self.device, dtype=self.dtype)
@@ -103,14 +114,6 @@ class StaticDecoder:
             b = torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]).detach()
         return w, b
 
-    @staticmethod
-    def _rope(rotary, x, pos):
-        """Rotary.forward for one token at a position held in a tensor. x: (N, h, 1, hs)."""
-        cos = rotary.cos.index_select(0, pos).to(x.dtype)                 # (1, hs/2)
-        sin = rotary.sin.index_select(0, pos).to(x.dtype)
-        x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-
     @torch.no_grad()
     def _step(self):
         """One token per row, self.tok (N, 1) at position self.pos -> self.logits (N, V).
@@ -120,15 +123,33 @@ class StaticDecoder:
         if m.wpe is not None:
             x = x + m.wpe(self.pos)                                        # (1, C) broadcast
         x = m.ln_e(x)                                                      # Identity unless embed_norm
-        # additive mask over all max_len slots: 0 for keys written so far (index <= pos), -inf
-        # for the rest; built once per step, in the compute dtype, so no layer has to convert it
-        visible = self.neg_inf.masked_fill(self.key_idx <= self.pos, 0.0).view(1, 1, 1, self.max_len)
+        # RoPE's angles at pos, computed from the tensor (any position, past block_size too):
+        # (cos, sin), each (1, hs/2), once for every layer
+        rope = m.rotary.cos_sin(self.pos) if m.rotary is not None else None
+        # where this token's k and v go: slot pos, or in a ring slot pos % W (it wraps around)
+        slot = self.pos % self.max_len if self.ring else self.pos
         with sdpa_kernel(DECODE_BACKENDS):  # no cuDNN attention (model/generate.py says why)
-            x = self._blocks(x, visible)
+            x = self._blocks(x, rope, slot, self._visible())
         self.logits.copy_(m.head(m.ln_f(x))[:, -1])                        # (N, V), static buffer
         self.pos.add_(1)
 
-    def _blocks(self, x, visible):
+    def _visible(self):
+        """The additive mask over all max_len slots for the query at pos, (1, 1, 1, max_len): 0
+        where it may look, -inf elsewhere. Built from the position tensor once per step, in the
+        compute dtype, so no layer has to convert it."""
+        if self.ring:
+            # slot s holds the latest position p <= pos with p % W == s (this step writes pos
+            # first); negative: not written yet
+            slot_pos = self.pos - (self.pos - self.key_idx) % self.max_len
+        else:
+            slot_pos = self.key_idx                                        # slot s holds position s
+        written = slot_pos >= 0                                            # (max_len,)
+        # not in the future (keys after pos: not written yet, or left from an earlier sequence)
+        # and, with attn_window, not out of the window
+        ok = position_mask(self.pos, slot_pos, self.config.attn_window)[0] & written
+        return self.neg_inf.masked_fill(ok, 0.0).view(1, 1, 1, self.max_len)
+
+    def _blocks(self, x, rope, slot, visible):
         """The transformer blocks for one token per row: x (N, 1, C) -> (N, 1, C)."""
         m, cfg = self.model, self.config
         N, C = x.size(0), cfg.n_embd
@@ -141,11 +162,11 @@ class StaticDecoder:
             v = v.view(N, 1, nkv, hs).transpose(1, 2)
             if block.attn.qk_norm:
                 q, k = F.rms_norm(q, (hs,)), F.rms_norm(k, (hs,))
-            if m.rotary is not None:
-                q, k = self._rope(m.rotary, q, self.pos), self._rope(m.rotary, k, self.pos)
+            if rope is not None:
+                q, k = rotate(q, *rope), rotate(k, *rope)
             keys, values = self.cache.k[i], self.cache.v[i]                # (N, nkv, max_len, hs)
-            keys.index_copy_(2, self.pos, k)                               # write at pos, in place
-            values.index_copy_(2, self.pos, v)
+            keys.index_copy_(2, slot, k)                                   # write at slot, in place
+            values.index_copy_(2, slot, v)
             y = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible,
                                                enable_gqa=nkv != nh)       # (N, nh, 1, hs)
             x = x + block.attn.o_proj(y.transpose(1, 2).reshape(N, 1, C))
@@ -203,13 +224,15 @@ class StaticDecoder:
         (decode() prefills first anyway).
 
         The known state: cache filled with seeded noise, a fixed token per row, the position in
-        the middle of the window (keys before it must count, keys after it must be masked), and
-        nan in the logits buffer, so a replay that writes nothing (an empty graph) cannot pass."""
+        the middle of the window (keys before it must count, keys after it must be masked; with
+        attn_window, keys too far back too), and nan in the logits buffer, so a replay that
+        writes nothing (an empty graph) cannot pass. A ring's position is past block_size and
+        mid-ring: RoPE's angles beyond the trained positions and a wrapped slot are in the step."""
         if self.graph is not None:
             what = "the CUDA graph" + (" of the compiled step" if self._compiled else "")
         else:
             what = "the compiled step" if self._compiled else "the step"
-        pos = self.max_len // 2
+        pos = self.config.block_size + self.max_len // 2 if self.ring else self.max_len // 2
         tok = (torch.arange(self.batch_size, device=self.device) % self.config.vocab_size).view(-1, 1)
 
         def known_state():
@@ -258,13 +281,18 @@ class StaticDecoder:
                              f"x {num_samples} samples")
         self.cache.reset()
         if num_samples == 1:
-            logits = self.model(idx, cache=self.cache, last_only=True)[0][:, -1]
+            logits = prefill(self.model, idx, self.cache)                  # a ring: any T
         else:
             # all samples continue the same prompt: prefill it once, copy its keys and values
-            once = KVCache.for_model(self.config, B, self.device, self.dtype, max_len=T)
-            logits = self.model(idx, cache=once, last_only=True)[0][:, -1]
-            self.cache.k[:, :, :, :T] = once.k.repeat_interleave(num_samples, dim=1)
-            self.cache.v[:, :, :, :T] = once.v.repeat_interleave(num_samples, dim=1)
+            # (a ring's W slots, or the T filled positions)
+            if self.ring:
+                once = RollingKVCache.for_model(self.config, B, self.device, self.dtype)
+            else:
+                once = KVCache.for_model(self.config, B, self.device, self.dtype, max_len=T)
+            logits = prefill(self.model, idx, once)
+            n = once.k.size(3)
+            self.cache.k[:, :, :, :n] = once.k.repeat_interleave(num_samples, dim=1)
+            self.cache.v[:, :, :, :n] = once.v.repeat_interleave(num_samples, dim=1)
             logits = logits.repeat_interleave(num_samples, dim=0)          # (N, V)
         self.pos.fill_(T)
         self.filled = T
@@ -273,7 +301,7 @@ class StaticDecoder:
     def step(self, tok):
         """tok (N,) at the next position -> logits (N, V). The result is the static buffer:
         the next step overwrites it."""
-        if self.filled >= self.max_len:
+        if self.filled >= self.max_len and not self.ring:  # a ring never fills
             raise ValueError(f"static cache is full ({self.max_len} positions); prefill again")
         self.tok.copy_(tok.view(-1, 1))
         self._replay()
@@ -284,12 +312,12 @@ class StaticDecoder:
                generator=None, seed=None, num_samples=1, keep=None):
         """Like model.generate.decode(use_cache=True): yield (logits (N, V), next token (N,))
         per new token, with the same past-block_size policy (cut to the last `keep` tokens and
-        prefill them again)."""
-        bs = self.max_len
+        prefill them again; a ring takes the whole prompt and never does)."""
+        bs = self.config.block_size
         keep, generator = check_generate_args(idx, max_new_tokens, temperature, top_k, top_p,
                                               num_samples, keep, bs, generator, seed)
         with eval_mode(self.model), torch.no_grad():
-            tokens = idx[:, -bs:]                                       # the visible window
+            tokens = idx if self.ring else idx[:, -bs:]                 # what the model can see
             logits = self.prefill(tokens, num_samples)
             tokens = tokens.repeat_interleave(num_samples, dim=0)       # (N, T)
             since = []  # tokens picked since the last prefill, each (N,); joined only when needed
@@ -298,6 +326,9 @@ class StaticDecoder:
                 yield logits.clone(), nxt   # clone: the next replay overwrites the buffer
                 if step == max_new_tokens - 1:
                     break
+                if self.ring:                       # never full: no cut, no prefill again
+                    logits = self.step(nxt)
+                    continue
                 since.append(nxt)
                 if self.filled == self.max_len:
                     # the window is full: keep its last `keep` tokens and prefill them afresh

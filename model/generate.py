@@ -12,6 +12,17 @@ Past block_size, the policy both paths follow (so they stay comparable):
   cached path, the cache is reset and those tokens are prefilled again. Positions then
   restart from 0, exactly as in a fresh uncached forward of the cut context. A larger
   `keep` remembers more but re-prefills more often (every block_size - keep tokens).
+  This holds for a sliding-window model with learned positions too: its position table
+  ends at block_size, so it cannot look past it either.
+
+A sliding-window model with rotary positions (config.rolling) has no such limit: a token
+only ever attends to its last attn_window tokens, at distances it saw in training, so
+  - cached: the whole prompt goes into a RollingKVCache (block_size tokens at a time), then
+    one token per step, for ever: never cut, never prefilled again, the same memory and
+    work for every token (the ring of attn_window slots per layer, model/kv_cache.py);
+  - uncached, the reference: the whole sequence, prompt and all, through the model every
+    step, positions 0, 1, 2, ... with the band mask. Slow (each step costs more than the
+    last) but nothing in it can be wrong about the ring; the cached logits must equal its.
 """
 
 import contextlib
@@ -82,11 +93,20 @@ def check_generate_args(idx, max_new_tokens, temperature, top_k, top_p, num_samp
     return keep, generator
 
 
+def prefill(model, tokens, cache):
+    """Run tokens (B, T) through the model into the cache; the last position's logits, (B, V).
+    Only a rolling model takes more than block_size tokens: they go in block_size at a time,
+    so a long prompt needs no more memory than a short one (the ring keeps the last window)."""
+    for chunk in tokens.split(model.config.block_size, dim=1):
+        logits = model(chunk, cache=cache, last_only=True)[0][:, -1]
+    return logits
+
+
 def _cached_logits(model, idx, max_new_tokens, pick, num_samples, keep):
     bs = model.config.block_size
     tokens = idx[:, -bs:]                                       # the window the model can see
     cache = model.new_cache(idx.size(0), device=idx.device)
-    logits = model(tokens, cache=cache, last_only=True)[0][:, -1]       # prefill: (B, V)
+    logits = prefill(model, tokens, cache)                              # (B, V)
     if num_samples > 1:
         # all samples continue the same prompt: copy its cache rather than recompute it
         cache.repeat_batch(num_samples)
@@ -108,15 +128,33 @@ def _cached_logits(model, idx, max_new_tokens, pick, num_samples, keep):
                 logits = model(nxt[:, None], cache=cache, last_only=True)[0][:, -1]
 
 
+def _rolling_logits(model, idx, max_new_tokens, pick, num_samples):
+    """A sliding-window model with rotary positions: the whole prompt into a RollingKVCache,
+    then one token per step; the ring never fills, so nothing is ever cut or prefilled again."""
+    cache = model.new_cache(idx.size(0), device=idx.device)            # a RollingKVCache
+    logits = prefill(model, idx, cache)                                 # (B, V)
+    if num_samples > 1:
+        cache.repeat_batch(num_samples)
+        logits = logits.repeat_interleave(num_samples, dim=0)           # (B*ns, V)
+    for step in range(max_new_tokens):
+        nxt = pick(logits)
+        yield logits, nxt
+        if step == max_new_tokens - 1:
+            break
+        with sdpa_kernel(DECODE_BACKENDS):                              # one new token
+            logits = model(nxt[:, None], cache=cache, last_only=True)[0][:, -1]
+
+
 def _uncached_logits(model, idx, max_new_tokens, pick, num_samples, keep):
     bs = model.config.block_size
-    tokens = idx[:, -bs:].repeat_interleave(num_samples, dim=0)
+    rolling = model.config.rolling  # then the whole sequence, however long: the reference
+    tokens = (idx if rolling else idx[:, -bs:]).repeat_interleave(num_samples, dim=0)
     for step in range(max_new_tokens):
         logits = model(tokens, last_only=True)[0][:, -1]                # whole context, every step
         nxt = pick(logits)
         yield logits, nxt
         tokens = torch.cat([tokens, nxt[:, None]], dim=1)
-        if tokens.size(1) > bs:
+        if tokens.size(1) > bs and not rolling:
             tokens = tokens[:, -keep:]                                  # same policy as the cache
 
 
@@ -130,9 +168,13 @@ def decode(model, idx, max_new_tokens, *, temperature=1.0, top_k=None, top_p=Non
     def pick(logits):
         return sample_next(logits, temperature, top_k, top_p, generator)
 
-    steps = _cached_logits if use_cache else _uncached_logits
     with eval_mode(model), torch.no_grad():  # dropout off: the sampler alone decides
-        yield from steps(model, idx, max_new_tokens, pick, num_samples, keep)
+        if not use_cache:
+            yield from _uncached_logits(model, idx, max_new_tokens, pick, num_samples, keep)
+        elif model.config.rolling:
+            yield from _rolling_logits(model, idx, max_new_tokens, pick, num_samples)
+        else:
+            yield from _cached_logits(model, idx, max_new_tokens, pick, num_samples, keep)
 
 
 def generate_stream(model, idx, max_new_tokens, **kwargs):

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from .attention import CausalSelfAttention, Rotary
 from .config import GPTConfig
 from .generate import generate, generate_stream
-from .kv_cache import KVCache
+from .kv_cache import KVCache, RollingKVCache
 
 
 class RMSNorm(nn.Module):
@@ -62,8 +62,8 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, rotary=None, cache=None):
-        x = x + self.attn(self.ln_1(x), rotary, cache)  # the residual stream carries the signal on
+    def forward(self, x, rope=None, cache=None):
+        x = x + self.attn(self.ln_1(x), rope, cache)  # the residual stream carries the signal on
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -78,7 +78,7 @@ class GPT(nn.Module):
             self.rotary = None
         else:
             self.wpe = None
-            self.rotary = Rotary(config.head_size, config.block_size, config.rope_base)
+            self.rotary = Rotary(config.head_size, config.rope_base)
         self.ln_e = make_norm(config) if config.embed_norm else nn.Identity()
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config, layer) for layer in range(config.n_layer)])
@@ -149,26 +149,35 @@ class GPT(nn.Module):
             n -= self.wpe.weight.numel()
         return n
 
-    def forward(self, idx, targets=None, *, cache: KVCache | None = None, last_only: bool = False):
+    def forward(self, idx, targets=None, *, cache: KVCache | RollingKVCache | None = None,
+                last_only: bool = False):
         """idx: (B, T) token ids. Returns (logits, loss).
 
         targets (B, T): next-token ids; the loss is their mean cross-entropy (-1 = ignore).
         cache: decode incrementally; idx holds only the new tokens, at positions cache.pos...
         last_only: compute logits for the last position only, (B, 1, V) (generation needs no more).
+
+        Positions end at block_size, except in a sliding-window model with rotary positions
+        (config.rolling): it runs on for as long as the text goes (the whole text at once, or
+        in pieces through a RollingKVCache).
         """
         B, T = idx.size()
         pos = cache.pos if cache is not None else 0
-        limit = cache.max_len if cache is not None else self.config.block_size
-        if pos + T > limit:
-            raise ValueError(
-                f"sequence of {pos + T} tokens is longer than the model's block_size "
-                f"{self.config.block_size}; crop the input to its last {self.config.block_size} tokens")
+        bs = self.config.block_size
+        if pos + T > bs and not self.config.rolling:
+            why = (" (attn_window does not lift this with learned positions: their table ends at "
+                   "block_size; pos_emb='rope' does)" if self.config.attn_window else "")
+            raise ValueError(f"sequence of {pos + T} tokens is longer than the model's block_size "
+                             f"{bs}; crop the input to its last {bs} tokens{why}")
+        positions = torch.arange(pos, pos + T, device=idx.device)             # (T,)
         x = self.wte(idx)                                                      # (B, T, C)
         if self.wpe is not None:
-            x = x + self.wpe(torch.arange(pos, pos + T, device=idx.device))    # (T, C) broadcast
+            x = x + self.wpe(positions)                                        # (T, C) broadcast
+        # RoPE's angles at these positions, once for every layer: (cos, sin), each (T, hs/2)
+        rope = self.rotary.cos_sin(positions) if self.rotary is not None else None
         x = self.drop(self.ln_e(x))
         for block in self.blocks:
-            x = block(x, self.rotary, cache)
+            x = block(x, rope, cache)
         if cache is not None:
             cache.advance(T)
         x = self.ln_f(x)
@@ -210,9 +219,12 @@ class GPT(nn.Module):
         cfg = self.config
         return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_embd * T
 
-    def new_cache(self, batch_size: int, device=None, dtype=None) -> KVCache:
+    def new_cache(self, batch_size: int, device=None, dtype=None) -> KVCache | RollingKVCache:
+        """The cache this model decodes with: a ring of attn_window slots per layer for a
+        sliding-window model with rotary positions (config.rolling), else block_size slots."""
         p = self.wte.weight
-        return KVCache.for_model(self.config, batch_size, device or p.device, dtype or p.dtype)
+        cache = RollingKVCache if self.config.rolling else KVCache
+        return cache.for_model(self.config, batch_size, device or p.device, dtype or p.dtype)
 
     def generate(self, idx, max_new_tokens: int, **kwargs):
         """Return idx (B, T) followed by max_new_tokens sampled tokens, shape (B * num_samples, T + new).

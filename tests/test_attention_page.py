@@ -157,6 +157,38 @@ def test_bfloat16_model(tmp_path):
                 assert torch.allclose(torch.tensor(row) / SCALE, w[0, h, i, :i + 1].float(), atol=TOL, rtol=0)
 
 
+def test_a_windowed_models_band(tmp_path):
+    """attn_window = 5: the embedded weights are the model's, exactly 0 outside the band (the
+    page hatches those keys), and the summary line says the window."""
+    model = tiny_model(attn_window=5)
+    tokens = TOK.encode(TEXT)
+    path = write_attention_page(tmp_path / "p.html", model, TOK, tokens)
+    data, page = embedded(path), path.read_text(encoding="utf-8")
+    check_weights(data, model.attention_maps(torch.tensor([tokens])))
+    assert data["attn_window"] == 5
+    for layer in data["weights"]:
+        for rows in layer:
+            for i, row in enumerate(rows):
+                assert all(w == 0 for w in row[:max(0, i - 4)]) and all(w > 0 for w in row[max(0, i - 4):])
+    assert ("Sliding-window attention, attn_window = 5: each token sees itself and the 4 before it; "
+            "keys further back are masked, hatched like the future.") in page
+    assert "or 5 or more tokens back: outside its window" in page               # the legend
+    plain = write_attention_page(tmp_path / "q.html", tiny_model(), TOK, tokens).read_text(encoding="utf-8")
+    assert "Sliding-window" not in plain and "masked (a key in the query's future: weight 0)" in plain
+
+
+def test_a_rolling_model_is_not_cut_at_block_size(tmp_path):
+    """Window + RoPE runs past block_size, so the page shows more than block_size tokens (up to
+    its own caps); with learned positions the block_size limit stays."""
+    tokens = TOK.encode((TEXT + "\n") * 3)                           # 87 tokens > block_size 32
+    rolling = tiny_model(pos_emb="rope", attn_window=8)
+    data = embedded(write_attention_page(tmp_path / "p.html", rolling, TOK, tokens, max_tokens=60))
+    assert len(data["tokens"]) == 60 and data["window_reason"] == "the page shows at most max_tokens = 60"
+    check_weights(data, rolling.attention_maps(torch.tensor([tokens[-60:]])))
+    data = embedded(write_attention_page(tmp_path / "q.html", tiny_model(attn_window=8), TOK, tokens))
+    assert len(data["tokens"]) == 32 and "block_size = 32" in data["window_reason"]
+
+
 def write_metrics(path):
     lines = [{"kind": "train", "iter": i, "loss": 4.0 - i / 100, "lr": 1e-3, "tok_per_s": 1.0, "mfu": 0.0}
              for i in range(0, 200, 10)]

@@ -219,6 +219,54 @@ def test_page_text_loss_curve_and_screenshot(driver, run, tmp_path):
     no_console_errors(driver)
 
 
+def test_a_sliding_window_band_in_the_browser(driver, run):
+    """attn_window = 6: a token shows weights for its own window only; the keys before it are
+    greyed and hatched like the future, in the tokens and in the heatmap, and the readout and
+    the tooltip say why."""
+    _, _, model, folder = run
+    W = 6
+    windowed = GPT(GPTConfig(**{**vars(model.config), "attn_window": W}))
+    windowed.load_state_dict(model.state_dict())
+    windowed.eval()
+    tokens_ = TOK.encode(TEXT)
+    path = write_attention_page(folder / "band.html", windowed, TOK, tokens_)
+    maps = [w[0] for w in windowed.attention_maps(torch.tensor([tokens_]))]
+    load(driver, path)
+    assert f"attn_window = {W}" in driver.find_element(By.ID, "model-line").text
+    for i in (20, 3):
+        tokens(driver)[i].click()
+        got = shown_weights(driver)
+        lo = max(0, i - W + 1)
+        assert all(w is None for w in got[:lo]) and all(w is None for w in got[i + 1:])
+        want = maps[0][0, i, lo:i + 1].tolist()
+        assert max(abs(a - b) for a, b in zip(got[lo:i + 1], want)) <= TOL
+        classes = [t.get_attribute("class") for t in tokens(driver)]
+        assert all("outside" in c for c in classes[:lo]) and not any("outside" in c for c in classes[lo:])
+        assert tokens(driver)[0].value_of_css_property("opacity") == ("0.28" if lo else "1")
+    tokens(driver)[20].click()
+    note = driver.find_element(By.ID, "row-sum").text
+    assert f"The {W} weights sum to 1.00" in note and f"The 15 earlier tokens are outside its window of {W}" in note
+    T = len(tokens_)
+    canvas = driver.find_element(By.ID, "heatmap")
+    cell, pad = int(canvas.get_attribute("data-cell")), int(canvas.get_attribute("data-pad"))
+    cells = [(i, j) for i in range(0, T, 3) for j in range(0, T, 2)]
+    pixels = driver.execute_script("""
+        const c = document.getElementById('heatmap'), g = c.getContext('2d');
+        const s = c.width / parseFloat(c.style.width), [cell, pad] = arguments[0];
+        return arguments[1].map(([i, j]) => Array.from(g.getImageData(
+            Math.floor((pad + j * cell + cell / 2) * s), Math.floor((pad + i * cell + cell / 2) * s), 1, 1).data));
+    """, [cell, pad], cells)
+    for (i, j), (r, g, b, _) in zip(cells, pixels):
+        grey = min(r, g, b) >= 190 and max(r, g, b) - min(r, g, b) <= 12
+        assert grey == (j > i or j <= i - W), f"cell ({i}, {j}) is {'masked' if grey else 'coloured'}"
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
+    half = canvas.size["width"] // 2
+    ActionChains(driver).move_to_element_with_offset(
+        canvas, pad + 2 * cell + cell // 2 - half, pad + 17 * cell + cell // 2 - half).perform()
+    assert "outside its window of 6" in driver.find_element(By.ID, "tip").text
+    no_console_errors(driver)
+
+
 def test_a_long_input_is_windowed_in_the_browser(driver, run):
     _, _, model, folder = run
     long = TOK.encode(TEXT * 2)                                # 120 tokens > block_size 64

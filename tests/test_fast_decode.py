@@ -22,6 +22,8 @@ CONFIGS = {
     "mqa-bias-explicit": dict(n_head=4, n_kv_head=1, bias=True, attn_impl="explicit"),
     "speedrun-options": dict(pos_emb="rope", norm="rmsnorm", embed_norm=True, qk_norm=True,
                              mlp_act="relu2", tie_embeddings=False, logit_softcap=30.0),
+    "window-learned": dict(attn_window=5),                          # the band, and re-prefills
+    "window-rope-gqa": dict(n_head=4, n_kv_head=2, pos_emb="rope", attn_window=5),  # a ring
 }
 cuda = pytest.mark.cuda  # skipped without a GPU (tests/conftest.py)
 
@@ -117,16 +119,68 @@ def test_stale_cache_contents_are_masked_and_decoder_is_reusable():
     assert torch.equal(run(dec.decode(idx, 20, temperature=0))[1], want)
 
 
-def test_buffers_keep_their_addresses():
+@pytest.mark.parametrize("name", ["mha-learned", "window-rope-gqa"])
+def test_buffers_keep_their_addresses(name):
     """A CUDA graph replays on fixed memory: prefill, num_samples and the re-prefill past
-    block_size must all write into the same buffers, never reallocate them."""
-    model = make()
+    block_size (or a ring's wrapping) must all write into the same buffers, never reallocate."""
+    model = make(**CONFIGS[name])
     dec = StaticDecoder(model, 6)
     ptrs = [t.data_ptr() for t in (dec.cache.k, dec.cache.v, dec.pos, dec.tok, dec.logits)]
     idx = torch.randint(0, 48, (2, 5), generator=torch.Generator().manual_seed(5))
     run(dec.decode(idx, 3 * BLOCK, temperature=0, num_samples=3))
     assert ptrs == [t.data_ptr() for t in (dec.cache.k, dec.cache.v, dec.pos, dec.tok, dec.logits)]
     assert dec.pos.item() == dec.filled  # the device position and the host's count agree
+
+
+# --- sliding window: a ring of attn_window slots -----------------------------------------------
+
+RING = CONFIGS["window-rope-gqa"]
+
+
+@pytest.mark.parametrize("num_samples", [1, 3])
+@pytest.mark.parametrize("prompt_len", [2, 9, 40])      # shorter than the window, longer, > block_size
+def test_static_ring_matches_the_rolling_cache_far_past_block_size(prompt_len, num_samples):
+    """3 x block_size new tokens and more: the static ring (slot pos % W, mask from the position
+    tensor, RoPE at positions past block_size) picks the plain rolling cache's tokens, and both
+    the uncached reference's."""
+    model = make(**RING)
+    dec = StaticDecoder(model, 2 * num_samples)
+    assert dec.ring and dec.cache.k.shape == (2, 2 * num_samples, 2, 5, 8)   # W = 5 slots per layer
+    idx = torch.randint(0, 48, (2, prompt_len), generator=torch.Generator().manual_seed(11))
+    kw = dict(temperature=0, num_samples=num_samples)
+    want_l, want_t = run(decode(model, idx, 3 * BLOCK + 3, **kw))
+    got_l, got_t = run(dec.decode(idx, 3 * BLOCK + 3, **kw))
+    assert torch.equal(got_t, want_t)
+    torch.testing.assert_close(got_l, want_l, rtol=1e-4, atol=1e-4)
+    assert torch.equal(run(decode(model, idx, 3 * BLOCK + 3, use_cache=False, **kw))[1], want_t)
+    assert len(set(want_t.flatten().tolist())) > 5                  # not one token over and over
+    assert dec.filled == prompt_len + 3 * BLOCK + 2 == dec.pos.item()  # no cut: positions go on
+
+
+def test_ring_slots_not_written_yet_are_masked():
+    """Right after a short prompt most of the ring is empty; whatever it holds (junk here, or an
+    earlier sequence) must get weight 0 until the ring wraps and overwrites it."""
+    model = make(**RING)
+    idx = torch.randint(0, 48, (1, 2), generator=torch.Generator().manual_seed(12))
+    want = run(decode(model, idx, 12, temperature=0))[1]
+    dec = StaticDecoder(model, 1)
+    dec.cache.k.fill_(3.0)
+    dec.cache.v.normal_(0, 100)
+    assert torch.equal(run(dec.decode(idx, 12, temperature=0))[1], want)
+    assert torch.equal(run(dec.decode(idx, 12, temperature=0))[1], want)   # and after a long one
+
+
+def test_ring_verify_covers_a_step_past_block_size(monkeypatch):
+    """verify() runs the ring's step mid-ring at a position past block_size."""
+    seen = []
+    real = StaticDecoder._step
+
+    def step(self):
+        seen.append((int(self.pos), self.pos.item() % self.max_len))
+        real(self)
+    monkeypatch.setattr(StaticDecoder, "_step", step)
+    StaticDecoder(make(**RING), 2).verify()
+    assert seen == [(BLOCK + 2, (BLOCK + 2) % 5)] * 2 and seen[0][0] > BLOCK
 
 
 def test_step_returns_the_static_buffer_and_decode_clones_it():
@@ -153,6 +207,9 @@ def test_errors():
     dec.prefill(torch.zeros(2, BLOCK, dtype=torch.long))
     with pytest.raises(ValueError, match="full"):
         dec.step(torch.zeros(2, dtype=torch.long))
+    ring = StaticDecoder(make(**RING), 2)                 # a ring is never full
+    ring.prefill(torch.zeros(2, BLOCK, dtype=torch.long))
+    ring.step(torch.zeros(2, dtype=torch.long))
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
             StaticDecoder(model, 1, cuda_graph=True)

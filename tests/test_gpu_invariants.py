@@ -38,6 +38,7 @@ CONFIGS = {
     "gqa-rope": dict(n_head=4, n_kv_head=2, pos_emb="rope"),
     "speedrun-options": dict(n_head=2, pos_emb="rope", norm="rmsnorm", embed_norm=True, qk_norm=True,
                              mlp_act="relu2", tie_embeddings=False, logit_softcap=30.0),
+    "window-rope": dict(n_head=4, n_kv_head=2, pos_emb="rope", attn_window=4),  # a ring of 4 slots
 }
 SAMPLED = dict(temperature=0.8, top_k=10, top_p=0.9, seed=0)
 
@@ -139,7 +140,7 @@ SETTINGS = {"greedy": dict(temperature=0), "sampled": SAMPLED}
 
 
 @pytest.mark.parametrize("settings", SETTINGS)
-@pytest.mark.parametrize("name", ["mha-learned", "gqa-rope"])
+@pytest.mark.parametrize("name", ["mha-learned", "gqa-rope", "window-rope"])
 @pytest.mark.parametrize("use_cache", [True, False], ids=["cached", "uncached"])
 def test_plain_decode_steps_never_read_the_host(use_cache, name, settings, host_reads):
     # 3 prompt + 8 new tokens fit the 16-token window: every traced step is a one-token step
@@ -165,6 +166,24 @@ def test_static_decode_step_and_sampling_never_read_the_host(name, settings, hos
         for _ in range(5):
             next(steps)
     assert "aten::index_copy_" in trace.ops and "aten::argmax" in trace.ops
+    assert trace.reads == []
+
+
+@pytest.mark.parametrize("settings", SETTINGS)
+@pytest.mark.parametrize("path", ["rolling cache", "static ring"])
+def test_rolling_decode_past_block_size_never_reads_the_host(path, settings, host_reads):
+    """A ring decodes for ever: the steps past block_size (RoPE's angles computed from the
+    position, the slot pos % W, the mask of which slot holds what) read nothing back either."""
+    model = make(**CONFIGS["window-rope"])
+    kw = dict(num_samples=2, **SETTINGS[settings])
+    steps = (decode(model, prompt(2, 3), 40, **kw) if path == "rolling cache"
+             else StaticDecoder(model, 4).decode(prompt(2, 3), 40, **kw))
+    for _ in range(2 * BLOCK):                     # to position 3 + 32, twice past block_size
+        next(steps)
+    with host_reads() as trace:
+        for _ in range(5):
+            next(steps)
+    assert "aten::cos" in trace.ops and "aten::argmax" in trace.ops
     assert trace.reads == []
 
 
@@ -222,7 +241,9 @@ def test_static_step_compiles_as_one_graph_and_matches_eager(name, compile_with)
     idx = prompt(2, 3)
     tok = compiled.prefill(idx).argmax(-1)
     eager.prefill(idx)
-    for _ in range(6):                            # positions 3..8: pos is a tensor, no recompile
+    # positions 3..8 (a ring: 3..22, wrapping 5 times and past block_size): pos is a tensor,
+    # so no position recompiles
+    for _ in range(20 if compiled.ring else 6):
         want = eager.step(tok).clone()
         got = compiled.step(tok)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -1,13 +1,14 @@
 """The model: attention math against worked examples and a reference, causality, the KV cache."""
 
+import copy
 import math
 
 import pytest
 import torch
 import torch.nn as nn
 
-from model import GPT, GPTConfig, ConfigError, attention, causal_softmax, decode
-from model.attention import CausalSelfAttention
+from model import GPT, GPTConfig, ConfigError, KVCache, RollingKVCache, attention, causal_softmax, decode
+from model.attention import CausalSelfAttention, Rotary, causal_mask
 
 torch.set_num_threads(2)
 
@@ -50,11 +51,12 @@ def test_worked_example_causal_softmax():
 
 # ---------------------------------------------------------------- against a reference we did not write
 
+@pytest.mark.parametrize("window", [0, 3])
 @pytest.mark.parametrize("bias", [False, True])
-def test_matches_torch_multihead_attention(bias):
+def test_matches_torch_multihead_attention(bias, window):
     torch.manual_seed(0)
     C, nh, T = 32, 4, 7
-    cfg = GPTConfig(n_embd=C, n_head=nh, block_size=T, bias=bias, attn_impl="explicit")
+    cfg = GPTConfig(n_embd=C, n_head=nh, block_size=T, bias=bias, attn_impl="explicit", attn_window=window)
     ours = CausalSelfAttention(cfg).eval()
     ref = nn.MultiheadAttention(C, nh, bias=bias, batch_first=True).eval()
     with torch.no_grad():
@@ -64,8 +66,10 @@ def test_matches_torch_multihead_attention(bias):
             ref.in_proj_bias.copy_(torch.cat([ours.q_proj.bias, ours.k_proj.bias, ours.v_proj.bias]))
             ref.out_proj.bias.copy_(ours.o_proj.bias)
     x = torch.randn(2, T, C)
-    future = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)  # True = may not attend
-    ref_out, ref_w = ref(x, x, x, attn_mask=future, need_weights=True, average_attn_weights=False)
+    hidden = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)  # True = may not attend
+    if window:  # and, in a sliding window, the keys `window` or more positions back
+        hidden |= torch.tril(torch.ones(T, T, dtype=torch.bool), diagonal=-window)
+    ref_out, ref_w = ref(x, x, x, attn_mask=hidden, need_weights=True, average_attn_weights=False)
     ours.keep_weights = True
     with torch.no_grad():
         out = ours(x)
@@ -78,9 +82,10 @@ def test_matches_torch_multihead_attention(bias):
 VARIANTS = [(h, kv, pe) for h, kv in [(4, 4), (4, 2), (4, 1)] for pe in ["learned", "rope"]]
 
 
+@pytest.mark.parametrize("window", [0, 5])
 @pytest.mark.parametrize("n_head,n_kv_head,pos_emb", VARIANTS)
-def test_explicit_equals_sdpa(n_head, n_kv_head, pos_emb):
-    m = tiny(n_head=n_head, n_kv_head=n_kv_head, pos_emb=pos_emb, attn_impl="explicit")
+def test_explicit_equals_sdpa(n_head, n_kv_head, pos_emb, window):
+    m = tiny(n_head=n_head, n_kv_head=n_kv_head, pos_emb=pos_emb, attn_impl="explicit", attn_window=window)
     idx = torch.randint(0, 37, (3, 16))
     with torch.no_grad():
         explicit, _ = m(idx)
@@ -314,6 +319,10 @@ def test_idx_longer_than_block_size_is_a_clear_error():
     (dict(dropout=1.0), "dropout"),
     (dict(n_layer=0), "n_layer"),
     (dict(vocab_size=2.5), "vocab_size"),
+    (dict(block_size=16, attn_window=17), r"attn_window must be 0 .* or in 1\.\.block_size=16"),
+    (dict(attn_window=-1), "attn_window"),
+    (dict(attn_window=True), "attn_window"),
+    (dict(attn_window=4.0), "attn_window"),
 ])
 def test_bad_config_is_a_clear_error(kw, match):
     with pytest.raises(ConfigError, match=match):
@@ -335,7 +344,8 @@ SPEEDRUN = dict(norm="rmsnorm", embed_norm=True, qk_norm=True, mlp_act="relu2",
 
 @pytest.mark.parametrize("option", [dict(norm="rmsnorm"), dict(embed_norm=True), dict(qk_norm=True),
                                     dict(mlp_act="relu2"), dict(tie_embeddings=False),
-                                    dict(logit_softcap=2.0), dict(zero_init=True), SPEEDRUN])
+                                    dict(logit_softcap=2.0), dict(zero_init=True), SPEEDRUN,
+                                    dict(SPEEDRUN, attn_window=5)])
 def test_options_keep_cached_equal_uncached_and_train(option):
     m = tiny(**option, n_kv_head=2)
     with torch.no_grad():  # zero_init would make every logit equal; perturb to make the test bite
@@ -374,3 +384,193 @@ def test_rmsnorm_is_parameter_free_and_softcap_bounds_logits():
         m.lm_head.weight.mul_(100)
         logits, _ = m(torch.randint(0, 37, (1, 8)))
     assert logits.abs().max() <= 2.0 and logits.abs().max() > 1.9  # tanh reaches 1.0 in fp32
+
+
+# ---------------------------------------------------------------- sliding-window attention
+
+def test_window_mask_is_a_band_under_the_diagonal():
+    """Written out by hand: query i sees keys i - window < j <= i."""
+    assert torch.equal(causal_mask(5, 5, window=2).int(), torch.tensor(
+        [[1, 0, 0, 0, 0],
+         [1, 1, 0, 0, 0],
+         [0, 1, 1, 0, 0],
+         [0, 0, 1, 1, 0],
+         [0, 0, 0, 1, 1]]))
+    # end-aligned, as with a KV cache: the 2 queries are positions 3 and 4 of 5
+    assert torch.equal(causal_mask(2, 5, window=3).int(), torch.tensor([[0, 1, 1, 1, 0], [0, 0, 1, 1, 1]]))
+    assert torch.equal(causal_mask(4, 4, window=4), causal_mask(4, 4))      # a window that covers all
+    assert torch.equal(causal_mask(4, 4, window=1), torch.eye(4, dtype=torch.bool))  # itself only
+
+
+def test_windowed_weights_are_exactly_zero_outside_the_band():
+    m = tiny(n_kv_head=2, pos_emb="rope", attn_window=5)
+    ones = torch.ones(16, 16, dtype=torch.bool)
+    band = ones.tril() & ~ones.tril(diagonal=-5)     # i - 5 < j <= i, not from causal_mask
+    for w in m.attention_maps(torch.randint(0, 37, (2, 16))):
+        assert (w[..., ~band] == 0).all() and (w[..., band] > 0).all()
+        torch.testing.assert_close(w.sum(-1), torch.ones(2, 4, 16))
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "explicit"])
+@pytest.mark.parametrize("pos_emb", ["learned", "rope"])
+@pytest.mark.parametrize("n_layer", [1, 3])
+def test_receptive_field_grows_by_window_minus_one_per_layer(n_layer, pos_emb, impl):
+    """One layer: the last token's logits depend on its own window of W tokens and on nothing
+    before. L layers: each reaches W - 1 further back, through the keys of the layer below."""
+    W, T = 4, 16
+    m = tiny(n_layer=n_layer, pos_emb=pos_emb, attn_impl=impl, attn_window=W)
+    idx = torch.randint(0, 37, (1, T))
+    reach = n_layer * (W - 1)                             # 3 or 9 tokens back
+
+    def last_logits_change(back):
+        changed = idx.clone()
+        changed[0, T - 1 - back] = (changed[0, T - 1 - back] + 1) % 37
+        with torch.no_grad():
+            return not torch.equal(m(idx)[0][0, -1], m(changed)[0][0, -1])
+    assert last_logits_change(reach)
+    assert not last_logits_change(reach + 1)              # exactly nothing: its weight is 0
+
+
+def test_rope_angles_past_block_size():
+    """RoPE's angles are computed for any position (a rolling model decodes on and on): the
+    score of a query and a key still depends only on their distance, far past block_size."""
+    torch.manual_seed(0)
+    rope = Rotary(head_size=8)
+    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+    near = (rope(q, 3) * rope(k, 1)).sum()
+    for i in (1_000, 20_000):
+        torch.testing.assert_close((rope(q, i) * rope(k, i - 2)).sum(), near, atol=1e-3, rtol=0)
+    cos, sin = rope.cos_sin(torch.tensor([0, 5_000]))
+    assert torch.equal(cos[0], torch.ones(4)) and (cos[1] ** 2 + sin[1] ** 2 - 1).abs().max() < 1e-6
+
+
+def test_only_a_rolling_model_runs_past_block_size():
+    """Window + RoPE: positions go on. Window + learned positions, or RoPE without a window:
+    block_size is the end, and the message says why."""
+    idx = torch.randint(0, 37, (1, 40))
+    with torch.no_grad():
+        assert tiny(pos_emb="rope", attn_window=4)(idx)[0].shape == (1, 40, 37)
+    with pytest.raises(ValueError, match="block_size 16.*learned positions: their table ends at block_size"):
+        tiny(attn_window=4)(idx)
+    with pytest.raises(ValueError, match="longer than the model's block_size 16; crop"):
+        tiny(pos_emb="rope")(idx)
+
+
+def test_ring_holds_position_p_at_slot_p_mod_window():
+    """The rolling cache's layout, against the plain cache holding every position: after a prompt
+    longer than the window and single steps past block_size, slot s holds the key and value of
+    the latest position p with p % W == s, and slot_positions says which one."""
+    W = 5
+    m = tiny(pos_emb="rope", attn_window=W, n_kv_head=2)
+    idx = torch.randint(0, 37, (2, 43))
+    ring = m.new_cache(2)
+    assert isinstance(ring, RollingKVCache) and ring.k.shape == (2, 2, 2, W, 8)
+    full = KVCache.for_model(m.config, 2, max_len=43)           # every position, in order
+    with torch.no_grad():
+        m(idx, cache=full)
+        m(idx[:, :9], cache=ring)                                # a 9-token prompt (> W) ...
+        for t in range(9, 43):                                   # ... then one token at a time
+            m(idx[:, t:t + 1], cache=ring)
+    assert ring.pos == 43 and ring.k.shape == (2, 2, 2, W, 8)    # 43 positions, still W slots
+    held = ring.slot_positions(42)
+    assert held.tolist() == [40, 41, 42, 38, 39]
+    torch.testing.assert_close(ring.k, full.k[:, :, :, held], atol=1e-5, rtol=0)
+    torch.testing.assert_close(ring.v, full.v[:, :, :, held], atol=1e-5, rtol=0)
+    assert RollingKVCache(1, 1, 1, 4, 2).slot_positions(1).tolist() == [0, 1, -2, -1]  # 2, 3: empty
+
+
+RING = dict(pos_emb="rope", attn_window=4, n_head=4, n_kv_head=2)
+
+
+@pytest.mark.parametrize("piece", [1, 2, 3, 4, 7, 16])
+def test_ring_takes_pieces_of_any_size(piece):
+    """Feed 45 tokens through the rolling cache `piece` at a time: every position's logits equal
+    one forward of all 45. A piece longer than one token attends over the ring as it was plus its
+    own keys (they would overwrite keys its first queries still need), then keeps the last W."""
+    m = tiny(**RING)
+    idx = torch.randint(0, 37, (2, 45))
+    cache = m.new_cache(2)
+    with torch.no_grad():
+        want, _ = m(idx)
+        got = torch.cat([m(chunk, cache=cache)[0] for chunk in idx.split(piece, dim=1)], dim=1)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def ring_model():
+    """A rolling model (window 4, RoPE, GQA) that has memorised a random 300-token text
+    (150 AdamW steps, ~2 s): its greedy picks are varied and clear-cut, whereas a random
+    model's greedy text soon repeats one token, where a wrong ring could hide."""
+    torch.manual_seed(0)
+    text = torch.randint(0, 37, (300,))
+    m = GPT(GPTConfig(vocab_size=37, block_size=16, n_layer=2, n_embd=32, **RING))
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        ix = torch.randint(300 - 17, (16,), generator=g)
+        loss = m(torch.stack([text[i:i + 16] for i in ix]), torch.stack([text[i + 1:i + 17] for i in ix]))[1]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return m.eval(), text
+
+
+@pytest.mark.parametrize("prompt_len", [1, 3, 9, 40])   # 9 > the window, 40 > block_size
+@pytest.mark.parametrize("impl", ["sdpa", "explicit"])
+def test_rolling_cache_equals_uncached_far_past_block_size(ring_model, prompt_len, impl):
+    """GQA, a batch of 2 prompts x 2 samples, 3 x block_size new tokens: the ring's logits equal
+    the whole sequence run through the model every step, and greedy picks the same tokens."""
+    m, text = ring_model
+    m = copy.deepcopy(m)
+    for block in m.blocks:
+        block.attn.impl = impl
+    idx = torch.stack([text[5:5 + prompt_len], text[100:100 + prompt_len]])
+    toks = assert_cached_matches(m, idx, 3 * 16 + 2, num_samples=2)
+    assert toks.shape == (4, 50) and all(len(set(row.tolist())) > 10 for row in toks)  # varied text
+
+
+def test_rolling_logits_equal_one_forward_of_the_whole_text(ring_model):
+    """A reference independent of the uncached loop: one forward of prompt + generated tokens,
+    positions 0..57 with the band mask, gives every step's logits."""
+    m, text = ring_model
+    idx = torch.stack([text[:10], text[50:60]])
+    logits, toks = steps(m, idx, 48, use_cache=True)
+    with torch.no_grad():
+        full, _ = m(torch.cat([idx, toks], dim=1))
+    torch.testing.assert_close(logits, full[:, 9:57].transpose(0, 1), atol=1e-5, rtol=0)
+
+
+def test_rolling_reads_the_whole_prompt():
+    """A window as wide as block_size in 3 layers reaches 3 x 15 = 45 tokens back, more than
+    block_size: a 40-token prompt counts in full, on both paths (cutting it to its last 16,
+    as a model without a window must, would change the logits)."""
+    m = tiny(pos_emb="rope", attn_window=16, n_layer=3)
+    idx = torch.randint(0, 37, (2, 40))
+    assert_cached_matches(m, idx, 20)
+    whole, cut = steps(m, idx, 1)[0], steps(m, idx[:, -16:], 1)[0]
+    assert (whole - cut).abs().max() > 1e-3
+
+
+def test_rolling_decode_never_prefills_again_and_never_grows(monkeypatch):
+    """Past block_size every step is one token through the model; the cache stays W slots."""
+    m = tiny(**RING)
+    sizes, caches = [], []
+    real = RollingKVCache.update
+
+    def update(self, layer, k, v):
+        caches.append(self.k.shape)
+        return real(self, layer, k, v)
+    monkeypatch.setattr(RollingKVCache, "update", update)
+    forward = m.forward
+    m.forward = lambda idx, *a, **kw: sizes.append(idx.size(1)) or forward(idx, *a, **kw)
+    list(decode(m, torch.randint(0, 37, (1, 20)), 60, temperature=0))
+    assert sizes == [16, 4] + [1] * 59                       # the prompt, 16 at a time, then 1 by 1
+    assert set(caches) == {(2, 1, 2, 4, 8)}
+
+
+def test_learned_window_keeps_the_cut_and_prefill_policy():
+    """Learned positions end at block_size, window or not: past it, the context is cut and
+    prefilled again, and cached still equals uncached."""
+    m = tiny(attn_window=5, n_kv_head=2)
+    assert isinstance(m.new_cache(1), KVCache)
+    assert_cached_matches(m, torch.randint(0, 37, (2, 20)), 40)

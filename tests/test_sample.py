@@ -32,15 +32,14 @@ def save(path, model, tokenizer):
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def trained_dir(tmp_path_factory, **kw):
     """out_dir with ckpt.pt: a 2-layer char model after 60 AdamW steps on TEXT, so its greedy
     choices are clear-cut rather than near-ties of random weights."""
     tok = CharTokenizer.train(TEXT)
     data = torch.tensor(tok.encode(TEXT))
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=BLOCK, n_layer=2, n_head=2, n_embd=32))
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=BLOCK, n_layer=2, n_head=2, n_embd=32, **kw))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     for _ in range(60):
         ix = torch.randint(len(data) - BLOCK - 1, (16,), generator=g)
@@ -53,6 +52,17 @@ def run_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("run")
     save(d / "ckpt.pt", model, tok)
     return d
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return trained_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def window_dir(tmp_path_factory):
+    """The same, with a sliding window of 6 tokens and rotary positions: a rolling model."""
+    return trained_dir(tmp_path_factory, pos_emb="rope", attn_window=6)
 
 
 @pytest.fixture
@@ -86,6 +96,31 @@ def test_greedy_cached_equals_uncached_past_block_size(run):
     assert text.startswith("The ") and len(text) == 4 + 40   # char-level: one token per character
     assert outs["--fast=false"] == outs["--use_cache=false"]
     assert outs["--fast=true"] == outs["--use_cache=false"]
+
+
+@pytest.mark.parametrize("sampling", [["--temperature=0"], ["--temperature=1.0", "--top_k=5", "--seed=3"]],
+                         ids=["greedy", "sampled"])
+def test_a_windowed_rope_model_decodes_past_block_size_without_cutting(run, window_dir, sampling):
+    """attn_window + RoPE: the rolling cache by default, the whole prompt (longer than block_size)
+    read, 4 x block_size new tokens never cut; uncached (the whole text every step) and the
+    static ring write the same text, and so does each of 2 samples decoded together."""
+    prompt = "and watched the river run alone. The cat"                       # 40 > BLOCK
+    args = [f"--prompt={prompt}", f"--max_new_tokens={4 * BLOCK}", *sampling]
+    outs = {}
+    for flag in ("--fast=auto", "--use_cache=false", "--fast=true"):
+        rc, out, err = run(*args, flag, out_dir=window_dir)
+        assert rc == 0, err
+        assert "longer than block_size" not in err                           # nothing was cut
+        outs[flag] = (out, err)
+    (text,) = samples(outs["--fast=auto"][0])
+    assert text.startswith(prompt) and len(text) == len(prompt) + 4 * BLOCK
+    assert "decode: rolling KV cache (a ring of 6 slots per layer)" in outs["--fast=auto"][1]
+    assert "decode: static ring cache" in outs["--fast=true"][1]
+    assert outs["--use_cache=false"][0] == outs["--fast=auto"][0] == outs["--fast=true"][0]
+    if sampling == ["--temperature=0"]:
+        assert len(set(text[len(prompt):])) > 5                               # not one letter
+        two = samples(run(*args, "--num_samples=2", out_dir=window_dir)[1])
+        assert two == [text, text]
 
 
 def test_paths_are_named_on_stderr(run):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,14 @@ def test_shipped_configs_build():
     assert c.dataset == "tinyshakespeare" and c.tokenizer == "char"
     # the GPU default spelled out: configs/shakespeare.toml is exactly the dataclass defaults
     assert build(TrainConfig, load_config_file(TrainConfig, "shakespeare")) == TrainConfig()
+
+
+def test_window_cpu_is_the_cpu_run_with_rope_and_a_window():
+    """configs/window_cpu.toml and `train.py cpu --pos_emb=rope` differ in the window alone (and
+    where they write): the same model size, data and budget, so their losses compare."""
+    cpu = build(TrainConfig, load_config_file(TrainConfig, "cpu"))
+    window = build(TrainConfig, load_config_file(TrainConfig, "window_cpu"))
+    assert replace(cpu, pos_emb="rope", attn_window=16, out_dir="out-window-cpu") == window
 
 
 def test_no_arguments_picks_a_config_for_the_machine(monkeypatch, capsys):
@@ -194,6 +203,35 @@ def test_bpe_rope_gqa_run(corpus, tmp_path):
     ckpt = load_checkpoint(out / "last.pt")
     assert ckpt["tokenizer"]["kind"] == "bpe" and ckpt["model_config"]["n_kv_head"] == 1
     assert model_from_checkpoint(ckpt).config.vocab_size == len(ckpt["tokenizer"]["ranks"])
+
+
+def test_sliding_window_run_trains_resumes_and_samples(corpus, tmp_path, capsys):
+    """--attn_window is a training setting: the model is built with it, a resumed run keeps it
+    exactly (and refuses another window), and with RoPE the checkpoint samples far past
+    block_size through the rolling cache, the same text as uncached."""
+    import sample
+    straight, out = tmp_path / "straight", tmp_path / "out"
+    window = ["--attn_window=8", "--pos_emb=rope"]
+    assert train.main(tiny(corpus, straight, *window)) == 0
+    run = losses(straight)
+    assert run[-1][1] < run[0][1]                                        # it learns
+    assert train.main(tiny(corpus, out, *window, "--max_iters=3")) == 0
+    capsys.readouterr()
+    assert train.main([f"--out_dir={out}", "--init_from=resume", "--attn_window=4"]) == 1
+    assert "trained with attn_window=8, but attn_window=4 was asked for" in capsys.readouterr().err
+    assert train.main(tiny(corpus, out, "--init_from=resume")) == 0      # the window from the checkpoint
+    assert losses(out) == run                                            # bit for bit
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["model_config"]["attn_window"] == 8 and ckpt["config"]["attn_window"] == 8
+    capsys.readouterr()
+    texts = []
+    for flag in ("--use_cache=true", "--use_cache=false"):              # 3 x block_size + 4 new
+        assert sample.main([f"--out_dir={out}", "--prompt=the king", "--max_new_tokens=100",
+                            "--temperature=0", "--device=cpu", flag]) == 0
+        texts.append(capsys.readouterr())
+    assert texts[0].out == texts[1].out and texts[0].out.startswith("the king")
+    assert len(texts[0].out.split("\n---")[0]) == len("the king") + 100
+    assert "decode: rolling KV cache" in texts[0].err
 
 
 @pytest.fixture(scope="module")

@@ -43,6 +43,7 @@ class TrainConfig:
     pos_emb: Literal["learned", "rope"] = "learned"
     rope_base: float = 10000.0          # RoPE's frequency base
     attn_impl: Literal["sdpa", "explicit"] = "sdpa"
+    attn_window: int = 0                # > 0: each token sees its last attn_window tokens only (with rope, sampling runs past block_size)
     # model options from the speedrun line of work (configs/speedrun*.toml); defaults = GPT-2's
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"  # rmsnorm: parameter-free
     embed_norm: bool = False            # a norm right after the embedding

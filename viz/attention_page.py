@@ -6,8 +6,9 @@ One forward pass through the explicit attention path (model.attention_maps) give
 layer's weights, (1, nh, T, T). They go into the page as JSON next to the tokens' text, and a
 little plain JavaScript draws them: click (or hover) a token to see how much it attends to
 every earlier token, pick a layer and a head (or the mean over heads), and read the whole
-causal matrix as a heatmap (rows = queries, columns = keys). If the run left a metrics log,
-its loss curve is drawn too, as inline SVG.
+causal matrix as a heatmap (rows = queries, columns = keys). A sliding-window model
+(attn_window = W) shows its band: keys W or more tokens back are masked, hatched like the
+future. If the run left a metrics log, its loss curve is drawn too, as inline SVG.
 
 The page loads nothing: no scripts, styles or fonts from anywhere (its Content-Security-Policy
 forbids it), so it opens from disk and can be mailed around. To stay light enough for any
@@ -60,14 +61,16 @@ def write_attention_page(path, model, tokenizer, tokens, metrics_path=None,
 # -----------------------------------------------------------------------------
 # the numbers: one forward pass, weights kept exactly as the model computed them (rounded)
 
-def window_size(n_tokens: int, block_size: int, max_tokens: int, n_maps: int):
+def window_size(n_tokens: int, block_size: int, max_tokens: int, n_maps: int, rolling: bool = False):
     """How many of the last tokens to show, and why not more (None if all are shown).
-    n_maps = n_layer * n_head causal matrices of T(T+1)/2 numbers each."""
+    n_maps = n_layer * n_head causal matrices of T(T+1)/2 numbers each. A rolling model
+    (sliding window + rotary positions) runs on past block_size, so only the page's caps hold."""
     fit = int((math.sqrt(1 + 8 * MAX_WEIGHTS / n_maps) - 1) / 2)   # largest T within MAX_WEIGHTS
-    limits = [(block_size, f"the model sees at most block_size = {block_size} tokens at once"),
-              (max_tokens, f"the page shows at most max_tokens = {max_tokens}"),
+    limits = [(max_tokens, f"the page shows at most max_tokens = {max_tokens}"),
               (fit, f"a model with {n_maps} layer x head maps fits {fit} tokens in the page's "
                     f"budget of {MAX_WEIGHTS:,} weights")]
+    if not rolling:
+        limits.insert(0, (block_size, f"the model sees at most block_size = {block_size} tokens at once"))
     T, why = min(limits, key=lambda lw: lw[0])
     return (n_tokens, None) if n_tokens <= T else (T, why)
 
@@ -75,7 +78,8 @@ def window_size(n_tokens: int, block_size: int, max_tokens: int, n_maps: int):
 @torch.no_grad()
 def attention_data(model, tokenizer, tokens, max_tokens: int = MAX_TOKENS, prompt_len=None) -> dict:
     """Everything the page embeds, as JSON-ready values. weights[l][h][i] lists query i's
-    weights over keys 0..i (the causal lower triangle), as integers in units of 1/SCALE."""
+    weights over keys 0..i (the causal lower triangle), as integers in units of 1/SCALE; with
+    attn_window = W the keys W or more back hold 0 (the page hatches them)."""
     cfg = model.config
     tokens = [int(t) for t in tokens]
     if not tokens:
@@ -87,7 +91,7 @@ def attention_data(model, tokenizer, tokens, max_tokens: int = MAX_TOKENS, promp
                                  f"the tokens and the model come from different tokenizers")
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise AttentionPageError(f"max_tokens must be a positive integer, got {max_tokens!r}")
-    T, why = window_size(len(tokens), cfg.block_size, max_tokens, cfg.n_layer * cfg.n_head)
+    T, why = window_size(len(tokens), cfg.block_size, max_tokens, cfg.n_layer * cfg.n_head, cfg.rolling)
     first = len(tokens) - T                                   # absolute position of the first shown
     shown = tokens[first:]
     device = next(model.parameters()).device
@@ -107,7 +111,7 @@ def attention_data(model, tokenizer, tokens, max_tokens: int = MAX_TOKENS, promp
             "total": len(tokens), "window_reason": why, "prompt_len": n_prompt,
             "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_kv_head": cfg.n_kv_head,
             "n_embd": cfg.n_embd, "block_size": cfg.block_size, "pos_emb": cfg.pos_emb,
-            "scale": SCALE, "weights": weights}
+            "attn_window": cfg.attn_window, "scale": SCALE, "weights": weights}
 
 
 # -----------------------------------------------------------------------------
@@ -143,6 +147,10 @@ def summary(d: dict) -> str:
     model = (f"Model: {d['n_layer']} layer{'s' if d['n_layer'] > 1 else ''} x {heads}, "
              f"n_embd = {d['n_embd']}, {'rotary' if d['pos_emb'] == 'rope' else 'learned'} positions, "
              f"block_size = {d['block_size']}.")
+    W = d.get("attn_window", 0)
+    if W:
+        model += (f" Sliding-window attention, attn_window = {W}: each token sees itself and the "
+                  f"{W - 1} before it; keys further back are masked, hatched like the future.")
     T = len(d["tokens"])
     if d["window_reason"] is None:
         shown = f"All {T:,} tokens are shown; the model ran once on exactly these."
@@ -163,7 +171,11 @@ def render_page(d: dict, loss_html: str) -> str:
     payload = payload.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     text = "".join(d["tokens"])
     title = " ".join(text.split())[:60] or "attention"
+    W = d.get("attn_window", 0)
+    masked = (f"masked (a key in the query's future, or {W} or more tokens back: outside its "
+              f"window; weight 0)" if W else "masked (a key in the query's future: weight 0)")
     parts = {"TITLE": html.escape(title), "SUMMARY": summary(d), "SCALE": str(d["scale"]),
+             "MASKED": html.escape(masked, quote=False),
              "LOSS": f'<section id="loss">{loss_html}</section>' if loss_html else "", "DATA": payload}
     # one pass, so a token that happens to read "__DATA__" is never substituted again
     template = files(__package__).joinpath("attention_page.html").read_text(encoding="utf-8")
