@@ -108,7 +108,7 @@ def main():
             rows.append(r)
             print(f"{name:<22} {seed:>4} {r['wall_s']:7.1f} {fmt(r['train_s'], '8.1f')} "
                   f"{fmt(r['warmup_s'], '9.2f')} {fmt(r['steps'], '6d')} {fmt(r['val'], '7.4f')} "
-                  f"{fmt(r['reached'], '>7')}", flush=True)
+                  f"{({True: 'yes', False: 'no', None: '-'})[r['reached']]:>7}", flush=True)
 
     summary = {}
     print("\nwhole-process wall time, mean ± stdev over seeds (train-only clock beside it, ours only)")
