@@ -43,6 +43,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere in a checkout
+from common.device import resolve_device, resolve_dtype  # noqa: E402
 from configs import CONFIG_DIR, ConfigError, parse_config  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from model.fast_decode import DecodeCheckError, StaticDecoder  # noqa: E402
@@ -55,8 +56,8 @@ SAMPLING = dict(temperature=0.8, top_k=200)  # sample.py's defaults (tests/test_
 
 @dataclass
 class BenchConfig:
-    device: str = "auto"             # auto (cuda if available, else cpu), cpu, cuda
-    dtype: str = "auto"              # auto: bfloat16 on CUDA if supported, else float32
+    device: str = "auto"             # auto (cuda, then mps, then cpu), cpu, cuda, cuda:N
+    dtype: str = "auto"              # auto: bfloat16 on GPUs that compute it natively, float16 on older ones, else float32
     sizes: str = "shakespeare_char,cpu"  # model shapes: names of configs/*.toml (or "tiny"), comma-separated
     batch_sizes: str = "1,64"        # comma-separated
     paths: str = "uncached,cached,fast"  # any of uncached, cached, fast, compiled
@@ -266,18 +267,8 @@ def run(cfg: BenchConfig, say=print) -> dict:
 
 
 def _run(cfg: BenchConfig, say) -> dict:
-    if cfg.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(cfg.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"--device={cfg.device}, but there is no CUDA GPU here; use --device=cpu")
-    if cfg.dtype == "auto":
-        dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    elif cfg.dtype in ("float32", "bfloat16", "float16"):
-        dtype = getattr(torch, cfg.dtype)
-    else:
-        raise ConfigError(f"--dtype={cfg.dtype}: use auto, float32, bfloat16 or float16")
+    device = resolve_device(cfg.device)      # the one rule train.py and sample.py use
+    dtype = resolve_dtype(cfg.dtype, device)  # auto: bf16 only where the GPU computes it natively
     sizes = cfg.sizes.split(",") if not cfg.quick or cfg.sizes != BenchConfig.sizes else ["tiny"]
     try:
         batches = [int(b) for b in ("1,4" if cfg.quick and cfg.batch_sizes == BenchConfig.batch_sizes

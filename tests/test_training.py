@@ -269,3 +269,14 @@ def test_eval_at_start_false_skips_only_the_first_eval(corpus, tmp_path):
     assert train.main(argv(settings(corpus, out, eval_at_start=False, eval_interval=4, max_iters=8))) == 0
     evals = [r["iter"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "eval"]
     assert evals == [4, 8]
+
+
+def test_a_resumed_runs_first_step_is_warm_up_not_training_time(corpus, tmp_path):
+    """Every process's first step (compilation, allocator warm-up) is reported apart, resumed or not."""
+    out = tmp_path / "out"
+    assert train.main(argv(settings(corpus, out, max_iters=4, lr_decay_iters=8))) == 0
+    assert train.main(argv(settings(corpus, out, max_iters=8, lr_decay_iters=8, init_from="resume"))) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in records if r["kind"] == "warmup"] == [0, 4]
+    phases = [r for r in records if r["kind"] == "phases"]
+    assert len(phases) == 2 and all(p["warm_up"] > 0 and p["steps"] > 0 for p in phases)
