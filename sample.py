@@ -32,7 +32,7 @@ import torch
 from common.device import resolve_device, resolve_dtype
 from common.errors import ConfigError, UserError
 from configs import parse_config
-from data import DataError, tokenizer_from_dict
+from data import DataError
 from model.checkpoint import load_run
 from model.pretrained import load_pretrained
 from model.fast_decode import DecodeCheckError, StaticDecoder

@@ -303,13 +303,14 @@ def _run(cfg: BenchConfig, say) -> dict:
     return result
 
 
-def main(argv=None) -> int:
+def bench_main(cls, argv, body, *, prog: str, doc: str, no_config: str) -> int:
+    """A decode benchmark's main: its settings from the command line, body(cfg) without grad,
+    and each mistake as one error: line."""
     try:
-        cfg = parse_config(BenchConfig, sys.argv[1:] if argv is None else argv,
-                           prog="bench/bench_decode.py", description=__doc__.split("\n\n")[0],
-                           no_config="to time the model of configs/NAME.toml, write --sizes=NAME")
+        cfg = parse_config(cls, sys.argv[1:] if argv is None else argv, prog=prog,
+                           description=doc.split("\n\n")[0], no_config=no_config)
         with torch.no_grad():
-            run(cfg)
+            body(cfg)
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -317,6 +318,11 @@ def main(argv=None) -> int:
         print(f"error: the fast decode path failed its self-check: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv=None) -> int:
+    return bench_main(BenchConfig, argv, run, prog="bench/bench_decode.py", doc=__doc__,
+                      no_config="to time the model of configs/NAME.toml, write --sizes=NAME")
 
 
 if __name__ == "__main__":

@@ -37,10 +37,10 @@ import torch
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))  # run from anywhere in a checkout
 sys.path.insert(0, str(BENCH))         # bench_decode's helpers: model shapes, sync, machine
-from bench_decode import SAMPLING, VOCAB, machine, model_shape, sync  # noqa: E402
-from configs import ConfigError, parse_config  # noqa: E402
+from bench_decode import SAMPLING, VOCAB, bench_main, machine, model_shape, sync  # noqa: E402
+from configs import ConfigError  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
-from model.fast_decode import DecodeCheckError, StaticDecoder  # noqa: E402
+from model.fast_decode import StaticDecoder  # noqa: E402
 from model.generate import decode  # noqa: E402
 
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=32)  # for --quick
@@ -191,26 +191,19 @@ def table(rows: list[dict], names: list[str]) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def with_threads(cfg: WindowBenchConfig):
+    threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     try:
-        cfg = parse_config(WindowBenchConfig, sys.argv[1:] if argv is None else argv,
-                           prog="bench/bench_window.py", description=__doc__.split("\n\n")[0],
-                           no_config="to time the model of configs/NAME.toml, write --size=NAME")
-        threads = torch.get_num_threads()
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        try:
-            with torch.no_grad():
-                bench(cfg)
-        finally:
-            torch.set_num_threads(threads)
-    except (ConfigError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except DecodeCheckError as e:  # a broken fast path: its timings would mean nothing
-        print(f"error: the fast decode path failed its self-check: {e}", file=sys.stderr)
-        return 1
-    return 0
+        bench(cfg)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def main(argv=None) -> int:
+    return bench_main(WindowBenchConfig, argv, with_threads, prog="bench/bench_window.py", doc=__doc__,
+                      no_config="to time the model of configs/NAME.toml, write --size=NAME")
 
 
 if __name__ == "__main__":
