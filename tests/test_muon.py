@@ -153,7 +153,7 @@ def test_state_dict_round_trip_resumes_identically():
     # built with the default hyperparameters: lr, momentum, ... come back from the state_dict
     resumed = Muon([dict(params=g["params"]) for g in resumed_groups])
     saved.seek(0)
-    resumed.load_state_dict(torch.load(saved))
+    resumed.load_state_dict(torch.load(saved, weights_only=True))
     momenta = [s["momentum"] for s in resumed.state_dict()["state"].values()]
     assert len(momenta) == len(SHAPES) and all(m.abs().sum() > 0 for m in momenta)  # not the frozen one
     assert resumed.param_groups[1]["lr"] == 0.05 and not resumed.param_groups[1]["nesterov"]

@@ -81,9 +81,11 @@ class Checkpoints:
         self.phases = phases  # saving is timed as its own phase
 
     def save(self, names: list[str], state: RunState, wandb_id: str | None):
+        if not names:  # the same on every rank: nothing to write, so nothing to gather either
+            return
         with self.phases("checkpoints"):
             run = state.state_dict(self.env)
-            if not self.env.master or not names:
+            if not self.env.master:
                 return
             ckpt = {"model": self.model.state_dict(), **self.fixed, **run, "wandb_run_id": wandb_id,
                     "optimizer": [o.state_dict() for o in self.optimizers], "scaler": self.scaler.state_dict()}
