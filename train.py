@@ -126,8 +126,7 @@ def setup(cfg: TrainConfig, ckpt: dict | None, env, phases: Phases) -> Run:
 
     # data: this process's micro-batch streams. A fine-tune reads it with GPT-2's own tokenizer;
     # resumed, with the one its checkpoint holds
-    pretrained = cfg.init_from not in ("scratch", "resume")
-    use = tokenizer_from_pretrained(cfg.init_from) if pretrained else \
+    use = tokenizer_from_pretrained(cfg.init_from) if cfg.pretrained else \
         tokenizer_from_dict(ckpt["tokenizer"]) if ckpt is not None and cfg.tokenizer == "gpt2" else None
     data_dir = prepare_data(cfg, env, use)
     meta = load_meta(data_dir)
@@ -137,7 +136,7 @@ def setup(cfg: TrainConfig, ckpt: dict | None, env, phases: Phases) -> Run:
 
     # model, optimizers, and the checkpoint to continue from
     mcfg = model_config(cfg, meta["vocab_size"])
-    if pretrained:  # GPT-2's weights, to fine-tune (training/config.py took its shape)
+    if cfg.pretrained:  # GPT-2's weights, to fine-tune (training/config.py took its shape)
         raw_model = from_pretrained(cfg.init_from, block_size=cfg.block_size, dropout=cfg.dropout,
                                     attn_impl=cfg.attn_impl).train().to(env.device)
         if raw_model.config != mcfg:

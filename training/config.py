@@ -106,6 +106,11 @@ class TrainConfig:
         model_config(self, vocab_size=1)  # the model's own checks, now rather than after data preparation
 
     @property
+    def pretrained(self) -> bool:
+        """init_from names GPT-2's weights (a name or a folder), to fine-tune."""
+        return self.init_from not in ("scratch", "resume")
+
+    @property
     def decay_iters(self) -> int:
         """Where the learning-rate decay ends: lr_decay_iters, or the end of the run."""
         return self.max_iters if self.lr_decay_iters is None else self.lr_decay_iters
@@ -137,21 +142,25 @@ def load_settings(argv: list[str]) -> tuple[TrainConfig, dict | None, str]:
         origin = "config: configs/cpu.toml, the CPU-sized default (no GPU in use; on a GPU " \
                  "`python train.py` runs the full configs/shakespeare.toml)"
     cfg = build(TrainConfig, values)
-    if cfg.init_from != "scratch":
-        cfg = pretrained_settings(cfg)
+    if cfg.pretrained:
         origin += f", the model's shape from {cfg.init_from}"
+        cfg = pretrained_settings(cfg)
     return cfg, None, origin
 
 
 def pretrained_settings(cfg: TrainConfig) -> TrainConfig:
     """Fine-tuning GPT-2: its weights decide the model's shape, so its config replaces the model
-    settings (block_size may only shorten it; dropout and the attention path stay ours)."""
-    from model.pretrained import pretrained_config  # only fine-tuning needs it
+    settings (block_size may only shorten it; dropout and the attention path stay ours). A name
+    is resolved to its folder once, here (on the hub: a download or a cache look-up), and the
+    run reads the weights and the tokenizer from that folder."""
+    from model.pretrained import pretrained_config, resolve  # only fine-tuning needs them
     if cfg.tokenizer != "gpt2":
         raise ConfigError(f"init_from={cfg.init_from} reads text with GPT-2's own tokenizer; add "
                           f"--tokenizer=gpt2 (the model's embeddings are for its tokens)")
-    shape = pretrained_config(cfg.init_from, block_size=cfg.block_size)
-    return replace(cfg, **{k: getattr(shape, k) for k in MODEL_FIELDS if k not in ("dropout", "attn_impl")})
+    folder = resolve(cfg.init_from)
+    shape = pretrained_config(folder, block_size=cfg.block_size)
+    return replace(cfg, init_from=str(folder),
+                   **{k: getattr(shape, k) for k in MODEL_FIELDS if k not in ("dropout", "attn_impl")})
 
 
 def machine_default(path, values: dict) -> tuple[dict, str | None]:
