@@ -45,14 +45,15 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))  # bench_decode's helpers
 
+from bench_decode import SAMPLING, sync  # noqa: E402  (sample.py's sampling settings)
 from common.device import capability, native_bf16  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from model.fast_decode import StaticDecoder  # noqa: E402
 from model.generate import decode  # noqa: E402
 from training.runlog import read_records  # noqa: E402
 
-SAMPLING = dict(temperature=0.8, top_k=200)  # sample.py's defaults
 # model shapes: the shakespeare_char model on a GPU; on a CPU (a smoke run) a small one
 SHAPES = {"cuda": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),
           "cpu": dict(n_layer=2, n_head=2, n_embd=64, block_size=32)}
@@ -231,11 +232,6 @@ def check_decode_speed(c, args):
             tokens_and_logits(make())
             sync(args.device)
             c.figures[f"{name}_b{batch}_tok_per_s"] = round(batch * n / (time.perf_counter() - t0))
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def check_torchrun(c, args):
