@@ -4,8 +4,6 @@ On CPU the fixed-shape step runs eagerly: same shapes, same in-place cache write
 position tensor and mask as the CUDA graph replays, so these tests check its logic token for
 token (greedy, fp32). The CUDA-graph tests at the bottom skip without a GPU."""
 
-import gc
-import weakref
 from dataclasses import fields
 
 import pytest
@@ -14,6 +12,7 @@ import torch
 from model import GPT, GPTConfig
 from model.fast_decode import KNOWN_CONFIG, StaticDecoder, decode_static
 from model.generate import decode
+from tests.test_gpu_invariants import freed_at_once  # one check for the CPU and the CUDA test
 
 BLOCK = 16
 CONFIGS = {
@@ -316,12 +315,8 @@ def test_cuda_decode_steps_never_sync(settings):
 
 @cuda
 def test_cuda_decoder_is_freed_on_del():
-    dec = StaticDecoder(make("cuda"), 2)
-    dec.verify()
-    cache = weakref.ref(dec.cache.k)
-    gc.disable()
-    try:
-        del dec
-        assert cache() is None
-    finally:
-        gc.enable()
+    def used_decoder():
+        dec = StaticDecoder(make("cuda"), 2)
+        dec.verify()
+        return dec
+    assert freed_at_once(used_decoder)
