@@ -20,6 +20,22 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+# Every norm in the model divides by sqrt(mean(x^2) + NORM_EPS): one eps, the same in every dtype
+# (rms_norm's default is the dtype's machine epsilon, 1.2e-7 in float32 but 7.8e-3 in bfloat16).
+# 1e-5 is LayerNorm's default, and what GPT-2 was trained with.
+NORM_EPS = 1e-5
+
+
+def rms_norm(x):
+    """x / rms(x) over the last dimension, no gain: every vector rescaled to unit root-mean-square."""
+    return F.rms_norm(x, (x.size(-1),), eps=NORM_EPS)
+
+
+# The mask that says "the plain causal triangle": SDPA draws it itself (is_causal=True, its fast
+# path), so no (t_q, t_k) tensor is built for it. None means no mask: every key is visible.
+CAUSAL = "causal"
+
+
 def causal_mask(t_q: int, t_k: int, window: int = 0, device=None) -> torch.Tensor:
     """(t_q, t_k) bool, True where query i may look at key j.
 
@@ -46,64 +62,56 @@ def position_mask(q_pos, k_pos, window: int = 0) -> torch.Tensor:
     return mask
 
 
-def causal_softmax(scores, window: int = 0, mask=None):
-    """softmax over the keys after hiding every key the query may not see: those in its future
-    and, with window > 0, those `window` or more positions back.
+def visible_keys(t_q: int, t_k: int, window: int = 0, device=None):
+    """Which keys the last t_q of t_k positions (in order) may see, in the cheapest form that
+    says it exactly: None (every key: one new token, no window reaching past the first key),
+    CAUSAL (the plain triangle), or the (t_q, t_k) bool mask of causal_mask()."""
+    far = window > 0 and t_k > window                  # some key is out of some query's window
+    if t_q == 1 and not far:
+        return None
+    if t_q == t_k and not far:
+        return CAUSAL
+    return causal_mask(t_q, t_k, window, device)
 
-    scores: (..., t_q, t_k). mask (t_q, t_k) bool, if given, says which keys are visible instead
-    (a rolling KV cache's keys are out of order, so it builds its own). Masked entries are set to
-    -inf before the softmax, so their weight is exactly 0 and the visible weights in each row
-    still sum to 1."""
-    if mask is None:
-        mask = causal_mask(scores.size(-2), scores.size(-1), window, device=scores.device)
-    return F.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+
+def causal_softmax(scores, mask=CAUSAL):
+    """softmax over the keys after hiding every key the query may not see. scores (..., t_q, t_k);
+    mask as visible_keys() gives it. Hidden entries are set to -inf, so their weight is exactly 0
+    and the visible weights in each row still sum to 1."""
+    if mask is CAUSAL:
+        mask = causal_mask(scores.size(-2), scores.size(-1), device=scores.device)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return F.softmax(scores, dim=-1)
 
 
-def attention(q, k, v, causal: bool = True, dropout_p: float = 0.0, return_weights: bool = False,
-              window: int = 0, mask=None):
-    """Scaled dot-product attention in plain PyTorch: matmul, (mask,) softmax, matmul.
+def attention(q, k, v, mask=CAUSAL, dropout_p: float = 0.0, return_weights: bool = False):
+    """Scaled dot-product attention in plain PyTorch: matmul, mask, softmax, matmul.
 
-    q: (..., t_q, hs), k and v: (..., t_k, hs) with t_q <= t_k. Returns (..., t_q, hs)
-    and, if asked, the attention weights (..., t_q, t_k). causal=False is the unmasked
-    attention of the textbook examples (every token sees every other); a GPT is causal.
-    window > 0: sliding-window attention; mask: as in causal_softmax.
+    q: (..., t_q, hs), k and v: (..., t_k, hs). Returns (..., t_q, hs) and, if asked, the
+    attention weights (..., t_q, t_k). mask: which keys each query may see (visible_keys());
+    mask=None is the unmasked attention of the textbook examples, where every token sees every
+    other; a GPT is causal.
     """
     hs = q.size(-1)
     scores = q @ k.transpose(-2, -1) / math.sqrt(hs)          # (..., t_q, t_k)
     # dividing by sqrt(hs) keeps the scores' spread near 1 whatever the head size,
     # so the softmax does not saturate into a one-hot at initialisation
-    if causal:
-        weights = causal_softmax(scores, window, mask)        # hidden keys get weight exactly 0
-    else:
-        weights = F.softmax(scores, dim=-1)                   # normalise over the keys
+    weights = causal_softmax(scores, mask)                    # hidden keys get weight exactly 0
     if dropout_p > 0.0:
         weights = F.dropout(weights, p=dropout_p)
     out = weights @ v                                         # (..., t_q, hs)
     return (out, weights) if return_weights else out
 
 
-def sdpa_attention(q, k, v, dropout_p: float = 0.0, window: int = 0, mask=None):
+def sdpa_attention(q, k, v, mask=CAUSAL, dropout_p: float = 0.0):
     """The same computation through PyTorch's fused kernel (flash / memory-efficient)."""
-    t_q, t_k = q.size(-2), k.size(-2)
-    if mask is None:
-        if window > 0 and t_k > window:
-            # a band: is_causal cannot say "and not too far back", so the mask goes in explicitly
-            # (with t_k <= window no key is that far back, and the plain causal cases below hold)
-            mask = causal_mask(t_q, t_k, window, device=q.device)
-        elif t_q == t_k:
-            # top-left aligned causal mask, correct when queries and keys are the same positions
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-        elif t_q == 1:
-            # one new token attends to every key it is given: no mask at all
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
-        else:
-            # fewer queries than keys: is_causal would align the triangle to the top-left, which
-            # is wrong here, so pass our end-aligned mask explicitly
-            mask = causal_mask(t_q, t_k, device=q.device)
+    if mask is CAUSAL:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
 
 
-class Rotary(nn.Module):
+class Rotary:
     """Rotary position embedding (RoPE): rotate each (x1, x2) channel pair of q and k by an
     angle proportional to the token's position, so q . k depends on the *distance* between
     two tokens rather than on where they sit.
@@ -112,7 +120,6 @@ class Rotary(nn.Module):
     block_size: a sliding-window model decodes past block_size (model/config.py, `rolling`)."""
 
     def __init__(self, head_size: int, base: float = 10000.0):
-        super().__init__()
         self.head_size, self.base = head_size, base
 
     def cos_sin(self, positions):
@@ -124,10 +131,6 @@ class Rotary(nn.Module):
         inv_freq = 1.0 / (self.base ** (torch.arange(0, hs, 2, device=positions.device).float() / hs))
         angles = torch.outer(positions.float(), inv_freq)                  # (T, hs/2)
         return angles.cos(), angles.sin()
-
-    def forward(self, x, pos: int):
-        """x: (B, nh, T, hs) at absolute positions pos .. pos+T-1."""
-        return rotate(x, *self.cos_sin(torch.arange(pos, pos + x.size(-2), device=x.device)))
 
 
 def rotate(x, cos, sin):
@@ -159,39 +162,36 @@ class CausalSelfAttention(nn.Module):
         self.resid_drop = nn.Dropout(config.dropout)
 
     def forward(self, x, rope=None, cache=None):
-        """x: (B, T, C). rope: (cos, sin) of the tokens' positions (Rotary.cos_sin), or None.
-        With a cache, x holds only the new tokens, which sit at positions cache.pos ..
-        cache.pos+T-1, and their keys and values are stored in the cache."""
+        """x: (B, T, C) -> (B, T, C). rope: (cos, sin) of the tokens' positions (Rotary.cos_sin).
+        With a cache, x holds only the new tokens, and their keys and values are stored in it."""
         B, T, C = x.size()
+        nh, nkv, hs = self.n_head, self.n_kv_head, self.head_size
         # project, then split the channels into heads: (B, T, nh*hs) -> (B, nh, T, hs)
-        q = self.q_proj(x).view(B, T, self.n_head, self.head_size).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_size).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_size).transpose(1, 2)
-        if self.qk_norm:
-            # unit-RMS queries and keys bound the scores, so no head's softmax can saturate
-            q = F.rms_norm(q, (self.head_size,))
-            k = F.rms_norm(k, (self.head_size,))
-        if rope is not None:
+        q = self.q_proj(x).view(B, T, nh, hs).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, nkv, hs).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, nkv, hs).transpose(1, 2)
+        if self.qk_norm:  # unit-RMS queries and keys bound the scores: no softmax can saturate
+            q, k = rms_norm(q), rms_norm(k)
+        if rope is not None:  # turn q and k by their positions
             q, k = rotate(q, *rope), rotate(k, *rope)
-        mask = None  # None: the causal (or band) mask over keys in position order, end-aligned
-        if cache is not None:
-            # past keys and values never change (earlier tokens cannot see later ones), so
-            # they are stored once and reused: (B, nkv, T_k, hs). A plain KVCache returns keys
-            # 0..pos+T-1 in order (mask None); a rolling one returns its ring, out of order,
-            # with the (T, T_k) mask of which keys each new query may see (None once the ring is
-            # full and one token comes: it sees every slot).
-            k, v, mask = cache.update(self.layer, k, v)
-        # GQA: each group of n_head / n_kv_head query heads shares one key/value head
-        groups = self.n_head // self.n_kv_head
-        if groups > 1:
-            k = k.repeat_interleave(groups, dim=1)                # (B, nh, T_k, hs)
-            v = v.repeat_interleave(groups, dim=1)
-        p = self.dropout if self.training else 0.0
-        if self.keep_weights or self.impl == "explicit":
-            y, w = attention(q, k, v, dropout_p=p, return_weights=True, window=self.window, mask=mask)
-            self.weights = w if self.keep_weights else None
-        else:
-            y = sdpa_attention(q, k, v, dropout_p=p, window=self.window, mask=mask)
+        if cache is None:
+            mask = visible_keys(T, T, self.window, x.device)
+        else:  # past keys never change: the cache returns them all, and which each query may see
+            k, v, mask = cache.update(self.layer, k, v)          # (B, nkv, T_k, hs)
+        if nkv < nh:  # GQA: each group of nh / nkv query heads shares one key/value head
+            k = k.repeat_interleave(nh // nkv, dim=1)            # (B, nh, T_k, hs)
+            v = v.repeat_interleave(nh // nkv, dim=1)
+        y = self.attend(q, k, v, mask)                           # (B, nh, T, hs)
         # concatenate the heads back side by side: (B, nh, T, hs) -> (B, T, nh*hs), then W_O
-        y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_size)
+        y = y.transpose(1, 2).contiguous().view(B, T, nh * hs)
         return self.resid_drop(self.o_proj(y))
+
+    def attend(self, q, k, v, mask):
+        """softmax(q k^T / sqrt(hs)) v over the keys the mask leaves: written out (attn_impl=
+        "explicit", and for attention_maps, which keeps the weights) or through SDPA."""
+        p = self.dropout if self.training else 0.0
+        if self.impl == "sdpa" and not self.keep_weights:
+            return sdpa_attention(q, k, v, mask, p)
+        y, w = attention(q, k, v, mask, p, return_weights=True)
+        self.weights = w if self.keep_weights else None
+        return y

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import sdpa_kernel
 
-from .attention import position_mask, rotate
+from .attention import position_mask, rms_norm, rotate
 from .generate import DECODE_BACKENDS, check_generate_args, eval_mode, prefill, sample_next
 from .kv_cache import KVCache, RollingKVCache
 
@@ -161,7 +161,7 @@ class StaticDecoder:
             k = k.view(N, 1, nkv, hs).transpose(1, 2)                      # (N, nkv, 1, hs)
             v = v.view(N, 1, nkv, hs).transpose(1, 2)
             if block.attn.qk_norm:
-                q, k = F.rms_norm(q, (hs,)), F.rms_norm(k, (hs,))
+                q, k = rms_norm(q), rms_norm(k)
             if rope is not None:
                 q, k = rotate(q, *rope), rotate(k, *rope)
             keys, values = self.cache.k[i], self.cache.v[i]                # (N, nkv, max_len, hs)

@@ -8,13 +8,11 @@ exchange information, the MLP then processes each token on its own.
 """
 
 import math
-from dataclasses import asdict
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import CausalSelfAttention, Rotary
+from .attention import NORM_EPS, CausalSelfAttention, Rotary, rms_norm
 from .config import GPTConfig
 from .generate import generate, generate_stream
 from .kv_cache import KVCache, RollingKVCache
@@ -25,13 +23,13 @@ class RMSNorm(nn.Module):
     no bias, no mean subtraction: cheaper than LayerNorm and works as well here."""
 
     def forward(self, x):
-        return F.rms_norm(x, (x.size(-1),))
+        return rms_norm(x)
 
 
 def make_norm(config):
     if config.norm == "rmsnorm":
         return RMSNorm()
-    return nn.LayerNorm(config.n_embd, bias=config.bias)
+    return nn.LayerNorm(config.n_embd, eps=NORM_EPS, bias=config.bias)
 
 
 class MLP(nn.Module):
@@ -234,9 +232,6 @@ class GPT(nn.Module):
     def generate_stream(self, idx, max_new_tokens: int, **kwargs):
         """Yield the new tokens one step at a time, each (B * num_samples,)."""
         return generate_stream(self, idx, max_new_tokens, **kwargs)
-
-    def config_dict(self) -> dict:
-        return asdict(self.config)
 
     @classmethod
     def from_pretrained(cls, name_or_path, **options) -> "GPT":

@@ -16,38 +16,36 @@ ring of W slots per layer that decoding never fills up (read it after KVCache).
 
 import torch
 
-from .attention import position_mask
+from .attention import position_mask, visible_keys
 
 
 class KVCache:
-    def __init__(self, n_layer, batch_size, n_kv_head, max_len, head_size, device=None, dtype=None):
+    def __init__(self, n_layer, batch_size, n_kv_head, max_len, head_size, device=None, dtype=None,
+                 window=0):
         shape = (n_layer, batch_size, n_kv_head, max_len, head_size)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.max_len = max_len
+        self.window = window  # the model's attn_window: which keys a query may see
         self.pos = 0  # positions filled so far; the next token goes at index pos
 
     @classmethod
     def for_model(cls, config, batch_size, device=None, dtype=None, max_len=None):
         return cls(config.n_layer, batch_size, config.n_kv_head, max_len or config.block_size,
-                   config.head_size, device=device, dtype=dtype)
-
-    @property
-    def batch_size(self) -> int:
-        return self.k.size(1)
+                   config.head_size, device=device, dtype=dtype, window=config.attn_window)
 
     def update(self, layer: int, k, v):
         """Store the new k, v (B, nkv, T, hs) at pos .. pos+T-1 and return all keys and
-        values so far, (B, nkv, pos+T, hs), and None for the mask: they are positions
-        0..pos+T-1 in order, which attention's own end-aligned causal mask fits. `pos` moves
-        on in advance(), once every layer has seen the same new tokens."""
+        values so far, (B, nkv, pos+T, hs), with which of them each new query may see
+        (attention.visible_keys: they are positions 0..pos+T-1, in order). `pos` moves on in
+        advance(), once every layer has seen the same new tokens."""
         T = k.size(2)
         end = self.pos + T
         if end > self.max_len:
             raise ValueError(f"KV cache is full: {self.pos} + {T} new positions > max_len {self.max_len}")
         self.k[layer, :, :, self.pos:end] = k
         self.v[layer, :, :, self.pos:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end], None
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end], visible_keys(T, end, self.window, k.device)
 
     def advance(self, n: int):
         self.pos += n
@@ -104,10 +102,6 @@ class RollingKVCache:
     def for_model(cls, config, batch_size, device=None, dtype=None):
         return cls(config.n_layer, batch_size, config.n_kv_head, config.attn_window,
                    config.head_size, device=device, dtype=dtype)
-
-    @property
-    def batch_size(self) -> int:
-        return self.k.size(1)
 
     def slot_positions(self, last: int):
         """(W,) the position each slot holds once positions 0..last are written: the latest

@@ -4,7 +4,7 @@ OpenAI's GPT-2 is the model in gpt.py with these options, so loading it is only 
 reshaping tensors:
     pos_emb="learned"     a (n_positions, C) table of positions, n_positions -> block_size (1024)
     bias=True             every Linear and LayerNorm has a bias
-    norm="layernorm"      eps 1e-5, nn.LayerNorm's default (config.json: layer_norm_epsilon)
+    norm="layernorm"      eps 1e-5, our NORM_EPS (config.json: layer_norm_epsilon)
     mlp_act="gelu_tanh"   GELU through its tanh approximation ("gelu_new"), a 4C hidden layer
     tie_embeddings=True   the head is the token table
     n_kv_head = n_head    plain multi-head attention, scores scaled by 1/sqrt(head_size)
@@ -49,6 +49,7 @@ import torch
 
 from common.errors import UserError
 from common.files import atomic_write
+from .attention import NORM_EPS
 from .config import GPTConfig
 from .gpt import GPT
 
@@ -67,7 +68,6 @@ WEIGHT_FILES = ["model.safetensors", "model.safetensors.index.json", "pytorch_mo
 # and gelu_fast are the same tanh formula, written three ways)
 ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
                "gelu": "gelu"}
-LAYERNORM_EPS = 1e-5  # nn.LayerNorm's default, which our norms use
 # GPT2Config's defaults, for config.json files that leave a field out (older ones do)
 HF_DEFAULTS = dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12, n_inner=None,
                    activation_function="gelu_new", layer_norm_epsilon=1e-5, scale_attn_weights=True,
@@ -182,8 +182,8 @@ def config_from_hf(hf: dict, *, block_size: int | None = None, dropout: float = 
     refusals = [
         (get("activation_function") not in ACTIVATIONS,
          f"activation_function={get('activation_function')!r}: the MLP computes {', '.join(ACTIVATIONS)}"),
-        (abs(get("layer_norm_epsilon") - LAYERNORM_EPS) > 1e-12,
-         f"layer_norm_epsilon={get('layer_norm_epsilon')!r}: our LayerNorms use {LAYERNORM_EPS}"),
+        (abs(get("layer_norm_epsilon") - NORM_EPS) > 1e-12,
+         f"layer_norm_epsilon={get('layer_norm_epsilon')!r}: our LayerNorms use {NORM_EPS}"),
         (get("n_inner") not in (None, 4 * get("n_embd")),
          f"n_inner={get('n_inner')!r}: our MLP's hidden layer is 4 * n_embd = {4 * get('n_embd')}"),
         (not get("scale_attn_weights"),
@@ -335,7 +335,7 @@ def hf_config(config: GPTConfig, dtype=torch.float32) -> dict:
             "vocab_size": c.vocab_size, "n_positions": c.block_size, "n_embd": c.n_embd,
             "n_layer": c.n_layer, "n_head": c.n_head, "n_inner": None,
             "activation_function": "gelu_new" if c.mlp_act == "gelu_tanh" else "gelu",
-            "layer_norm_epsilon": LAYERNORM_EPS, "scale_attn_weights": True,
+            "layer_norm_epsilon": NORM_EPS, "scale_attn_weights": True,
             "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
             "add_cross_attention": False, "tie_word_embeddings": c.tie_embeddings,
             "resid_pdrop": c.dropout, "embd_pdrop": c.dropout, "attn_pdrop": c.dropout,

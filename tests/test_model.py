@@ -6,9 +6,10 @@ import math
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from model import GPT, GPTConfig, ConfigError, KVCache, RollingKVCache, attention, causal_softmax, decode
-from model.attention import CausalSelfAttention, Rotary, causal_mask
+from model.attention import CAUSAL, CausalSelfAttention, Rotary, causal_mask, rotate
 
 torch.set_num_threads(2)
 
@@ -25,7 +26,7 @@ def tiny(**kw):
 # ---------------------------------------------------------------- the lesson's worked examples
 
 def test_worked_example_q_k_v_equal_x():
-    out, w = attention(X, X, X, causal=False, return_weights=True)
+    out, w = attention(X, X, X, mask=None, return_weights=True)
     assert torch.equal(w.round(decimals=3), torch.tensor(
         [[0.401, 0.198, 0.401], [0.198, 0.401, 0.401], [0.248, 0.248, 0.503]]))
     assert torch.equal(out.round(decimals=3), torch.tensor(
@@ -36,7 +37,7 @@ def test_worked_example_with_projections():
     Wq = torch.tensor([[1, 0.5], [0, 1]])
     Wk = torch.tensor([[0.5, 1], [1, 0]])
     Wv = torch.tensor([[1, -0.5], [0.5, 1]])
-    out, w = attention(X @ Wq, X @ Wk, X @ Wv, causal=False, return_weights=True)
+    out, w = attention(X @ Wq, X @ Wk, X @ Wv, mask=None, return_weights=True)
     assert torch.equal(w.round(decimals=3), torch.tensor(
         [[0.248, 0.248, 0.503], [0.401, 0.198, 0.401], [0.284, 0.14, 0.576]]))
     assert torch.equal(out.round(decimals=3), torch.tensor(
@@ -97,10 +98,15 @@ def test_explicit_equals_sdpa(n_head, n_kv_head, pos_emb, window):
 
 @pytest.mark.parametrize("t_q", [1, 3, 8])
 def test_sdpa_end_aligned_mask_when_fewer_queries_than_keys(t_q):
-    from model.attention import sdpa_attention
+    from model.attention import sdpa_attention, visible_keys
     torch.manual_seed(0)
     q, k, v = torch.randn(2, 4, t_q, 8), torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
-    torch.testing.assert_close(sdpa_attention(q, k, v), attention(q, k, v), atol=1e-6, rtol=1e-5)
+    mask = visible_keys(t_q, 8)
+    assert (mask is None) == (t_q == 1) and (mask is CAUSAL) == (t_q == 8)  # t_q == t_k: SDPA's own triangle
+    torch.testing.assert_close(sdpa_attention(q, k, v, mask), attention(q, k, v, mask), atol=1e-6, rtol=1e-5)
+    # the mask is end-aligned: the last query sees every key, the first only the first 9 - t_q
+    w = attention(q, k, v, mask, return_weights=True)[1]
+    assert (w[..., -1, :] > 0).all() and (w[..., 0, 9 - t_q:] == 0).all()
 
 
 # ---------------------------------------------------------------- causality and the weights
@@ -375,6 +381,35 @@ def test_zero_init_untied_head_starts_uniform_and_blocks_are_identity():
     torch.testing.assert_close(loss, torch.log(torch.tensor(37.0)))
 
 
+@pytest.mark.parametrize("norm", ["rmsnorm", "layernorm"])
+def test_every_norm_takes_the_one_explicit_eps(norm):
+    """Every norm the model computes (the blocks', the embedding's, qk-norm's; the forward and the
+    static decode step) passes NORM_EPS: without it, rms_norm takes the dtype's machine epsilon, and
+    the same model normalises differently in bfloat16 (7.8e-3) than in float32 (1.2e-7)."""
+    from torch.overrides import TorchFunctionMode
+    from model.attention import NORM_EPS, rms_norm
+    from model.fast_decode import StaticDecoder
+
+    class Eps(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func in (F.rms_norm, F.layer_norm):
+                seen.append(kwargs.get("eps", args[3] if len(args) > 3 else None))
+            return func(*args, **kwargs)
+
+    m = tiny(norm=norm, embed_norm=True, qk_norm=True, pos_emb="rope")
+    seen = []
+    with Eps(), torch.no_grad():
+        m(torch.randint(0, 37, (1, 8)))
+        dec = StaticDecoder(m, 1)
+        dec.prefill(torch.randint(0, 37, (1, 4)))
+        dec.step(torch.tensor([3]))
+    assert len(seen) > 4 * m.config.n_layer and set(seen) == {NORM_EPS}
+    # and so a small-scale vector normalises the same in bfloat16 as in float32
+    x = 0.01 * torch.randn(1, 32)
+    assert rms_norm(x.bfloat16()).float().allclose(rms_norm(x), rtol=2e-2, atol=2e-2)
+
+
 def test_rmsnorm_is_parameter_free_and_softcap_bounds_logits():
     ln, rms = tiny(), tiny(norm="rmsnorm")
     assert rms.num_params() < ln.num_params()
@@ -437,9 +472,13 @@ def test_rope_angles_past_block_size():
     torch.manual_seed(0)
     rope = Rotary(head_size=8)
     q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
-    near = (rope(q, 3) * rope(k, 1)).sum()
+
+    def at(x, p):  # x turned to position p
+        return rotate(x, *rope.cos_sin(torch.tensor([p])))
+
+    near = (at(q, 3) * at(k, 1)).sum()
     for i in (1_000, 20_000):
-        torch.testing.assert_close((rope(q, i) * rope(k, i - 2)).sum(), near, atol=1e-3, rtol=0)
+        torch.testing.assert_close((at(q, i) * at(k, i - 2)).sum(), near, atol=1e-3, rtol=0)
     cos, sin = rope.cos_sin(torch.tensor([0, 5_000]))
     assert torch.equal(cos[0], torch.ones(4)) and (cos[1] ** 2 + sin[1] ** 2 - 1).abs().max() < 1e-6
 
