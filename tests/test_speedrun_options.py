@@ -9,6 +9,8 @@ import pytest
 import torch
 
 import train
+from common.errors import ConfigError
+from configs import available_configs, build, load_config_file
 from training.config import TrainConfig
 from training.optim import lr_scale, make_optimizers
 from model import GPT, GPTConfig
@@ -42,6 +44,33 @@ def test_muon_groups_and_peaks():
     in_adamw = {id(p) for g in adamw.param_groups for p in g["params"]}
     assert not in_muon & in_adamw and len(in_muon | in_adamw) == len(list(m.parameters()))
     assert id(m.wte.weight) in in_adamw and id(m.wpe.weight) in in_adamw
+
+
+def decay_per_step(opt) -> float:
+    """The most any group of opt shrinks its parameters in a step at its peak: lr * weight_decay."""
+    return max(g["peak_lr"] * g["weight_decay"] for g in opt.param_groups)
+
+
+@pytest.mark.parametrize("config", [None, *available_configs()])
+def test_muon_never_decays_harder_than_adamw_by_default(config):
+    """Decoupled decay shrinks by lr * wd a step, and Muon's lr is 20x AdamW's: AdamW's
+    weight_decay must not reach it. The defaults and every shipped config, with Muon."""
+    base = {} if config is None else load_config_file(TrainConfig, config)
+    cfg = build(TrainConfig, {**base, "optimizer": "muon"})
+    m = GPT(GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    muon, adamw = make_optimizers(m, cfg, torch.device("cpu"))
+    assert decay_per_step(muon) <= decay_per_step(adamw)
+    assert muon.param_groups[0]["weight_decay"] == cfg.muon_weight_decay
+
+
+def test_weight_decay_is_adamws_and_muon_weight_decay_muons():
+    m = GPT(GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    muon, adamw = make_optimizers(m, TrainConfig(optimizer="muon", weight_decay=0.5, muon_weight_decay=0.01),
+                                  torch.device("cpu"))
+    assert [g["weight_decay"] for g in muon.param_groups] == [0.01]
+    assert [g["weight_decay"] for g in adamw.param_groups] == [0.5, 0.0]
+    with pytest.raises(ConfigError, match="muon_weight_decay must be 0 or more"):
+        TrainConfig(muon_weight_decay=-0.1)
 
 
 def test_speedrun_options_train_resume_and_sample(corpus, tmp_path):

@@ -61,13 +61,14 @@ class TrainConfig:
     lr_decay_iters: int | None = None   # the decay ends here; none = max_iters
     min_lr: float = 1e-4                # after decay (usually learning_rate / 10)
     decay_lr: bool = True               # false: constant learning_rate
-    weight_decay: float = 0.1           # AdamW, on matrices only
+    weight_decay: float = 0.1           # AdamW's, on matrices only (Muon's matrices: muon_weight_decay)
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0              # clip the gradient's global norm to this; 0 = off
     optimizer: Literal["adamw", "muon"] = "adamw"  # muon: Muon for the blocks' matrices, AdamW for the rest
     muon_lr: float = 0.02               # Muon's peak learning rate (the schedule scales it like learning_rate)
     muon_momentum: float = 0.95
+    muon_weight_decay: float = 0.0      # Muon's own decoupled decay: a muon_lr*muon_weight_decay shrink per step; 0: decay did no better in the CPU speedrun (README, Speedrun)
     lr_schedule: Literal["cosine", "wsd"] = "cosine"  # wsd: warmup, stable, linear cooldown to min_lr
     cooldown_frac: float = 0.3          # wsd: the last fraction of the decay spent cooling down
     # system
@@ -93,7 +94,7 @@ class TrainConfig:
         for name in ("max_iters", "warmup_iters", "lr_decay_iters"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 or more, got {getattr(self, name)}")
-        for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):
+        for name in ("learning_rate", "min_lr", "weight_decay", "muon_weight_decay", "grad_clip"):
             if not getattr(self, name) >= 0:  # also catches nan
                 raise ConfigError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if not 0 <= self.cooldown_frac <= 1:

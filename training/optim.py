@@ -15,13 +15,15 @@ def make_optimizers(model, cfg, device: torch.device) -> list:
     """[AdamW], or with optimizer=muon [Muon for the blocks' matrices, AdamW for the rest].
 
     AdamW decays only the matrices (linear weights, embeddings, an untied head): decaying biases
-    and norm gains would only pull them towards 0 for no benefit."""
+    and norm gains would only pull them towards 0 for no benefit. Muon's matrices have their own
+    muon_weight_decay: decoupled decay shrinks a matrix by lr * wd each step, and Muon's lr is
+    far larger than AdamW's, so AdamW's weight_decay there would decay them many times harder."""
     roles = model.parameters_by_role()
     decay = roles["embeddings"] + roles["head"]
     groups = []
     if cfg.optimizer == "muon":
         muon = Muon(roles["matrices"], lr=cfg.muon_lr, momentum=cfg.muon_momentum,
-                    weight_decay=cfg.weight_decay)
+                    weight_decay=cfg.muon_weight_decay)
         muon.param_groups[0]["peak_lr"] = cfg.muon_lr
         groups.append(muon)
     else:
