@@ -19,7 +19,8 @@ from common.errors import UserError
 from common.files import atomic_write, clean_stale_temp_files, temp_name
 from configs import build
 from model import load_run
-from training.config import TrainConfig
+from model.checkpoint import load_checkpoint
+from training.config import TrainConfig, load_settings
 from training.env import Phases, RunEnv, start_env
 from training.evaluate import ValWindows
 from training.optim import lr_scale, schedule_warnings
@@ -131,6 +132,28 @@ def test_float16_with_the_grad_scaler_trains_and_skips_an_overflowing_step(corpu
     train.train_step(run, cfg, env, params)
     assert all(torch.equal(a, p) for a, p in zip(before, params))
     assert run.scaler.get_scale() == 2.0 ** 99
+
+
+def test_a_run_resumes_in_float16_from_float32_and_back(corpus, tmp_path, capsys):
+    """dtype=auto is float16 on a T4 or V100, bf16 on an A100, float32 on a CPU: a checkpoint
+    written without float16 holds an empty GradScaler state, which an enabled scaler refuses."""
+    out = tmp_path / "out"
+    assert train.main(argv(settings(corpus, out, max_iters=4))) == 0  # float32: no scaler state
+    cfg, ckpt, _ = load_settings([f"--out_dir={out}", "--init_from=resume", "--max_iters=8"])
+    fp16 = RunEnv(torch.device("cpu"), torch.float16, False)  # start_env refuses fp16 off CUDA
+    capsys.readouterr()
+    run = train.setup(cfg, ckpt, fp16, Phases())
+    assert run.scaler.is_enabled() and run.state.iter_num == 4
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "GradScaler starts fresh" in notes[0]
+    # and back: a float16 checkpoint (with a scaler state) resumed in float32
+    run.checkpoints.save(["last.pt"], run.state, None)
+    assert load_checkpoint(out / "last.pt")["scaler"]
+    assert train.main([f"--out_dir={out}", "--init_from=resume", "--max_iters=6"]) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert notes == ["note: the checkpoint was trained in float16 and this run computes in float32, which "
+                     "needs no GradScaler: the checkpoint's is dropped"]
+    assert load_checkpoint(out / "last.pt")["iter_num"] == 6
 
 
 # -----------------------------------------------------------------------------

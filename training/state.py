@@ -115,12 +115,26 @@ class Checkpoints:
                 opt.load_state_dict(s)
                 for g, peak in zip(opt.param_groups, peaks):  # this run's peaks: --learning_rate may change
                     g["peak_lr"] = peak
-            self.scaler.load_state_dict(ckpt["scaler"])
+            self.restore_scaler(ckpt["scaler"])
             state.load_state_dict(ckpt, self.env)
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError, DataError) as e:
             raise CheckpointError(f"{where} does not fit this code ({type(e).__name__}: "
                                   f"{str(e).splitlines()[0] if str(e) else ''}); start a new run in "
                                   f"another --out_dir") from None
+
+    def restore_scaler(self, saved: dict):
+        """Only a float16 run has a GradScaler state (others save an empty one), and dtype=auto
+        picks by the GPU: a run may resume in float16 from bf16 or float32, or the other way."""
+        if bool(saved) == self.scaler.is_enabled():
+            self.scaler.load_state_dict(saved)
+        elif self.scaler.is_enabled():
+            self.env.say("note: the checkpoint was trained without float16 and this run computes in float16: "
+                         "the GradScaler starts fresh (it finds its scale in the first steps, skipping any "
+                         "that overflow)")
+        else:
+            self.env.say(f"note: the checkpoint was trained in float16 and this run computes in "
+                         f"{str(self.env.dtype).removeprefix('torch.')}, which needs no GradScaler: "
+                         f"the checkpoint's is dropped")
 
 
 def strip_prefixes(state_dict: dict) -> dict:
