@@ -255,6 +255,42 @@ def test_resume_continues_exactly(corpus, straight, tmp_path):
     assert load_checkpoint(out / "last.pt")["iter_num"] == 9
 
 
+def warnings_and_notes(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(("warning:", "note:"))]
+
+
+def test_resume_with_other_accumulation_says_the_data_does_not_continue_exactly(corpus, tmp_path, capsys):
+    """The README promises an exact continuation; with another number of micro-batches a step
+    (one data stream each) that cannot hold, and one warning says what happens instead."""
+    out = tmp_path / "out"
+    assert train.main(tiny(corpus, out, "--gradient_accumulation_steps=2", "--max_iters=3",
+                           "--lr_decay_iters=none")) == 0
+    capsys.readouterr()
+    assert train.main([f"--out_dir={out}", "--init_from=resume", "--max_iters=4"]) == 0
+    assert warnings_and_notes(capsys.readouterr().err) == []                   # the same: nothing to say
+    assert train.main([f"--out_dir={out}", "--init_from=resume", "--max_iters=5",
+                       "--gradient_accumulation_steps=3"]) == 0
+    assert warnings_and_notes(capsys.readouterr().err) == [
+        "warning: the checkpoint took 2 micro-batches a step (gradient_accumulation_steps, by default one "
+        "per process), this run takes 3 micro-batches, one per data stream: streams 0-1 continue where the "
+        "checkpoint left off, stream 2 starts fresh from its seed, so the run no longer continues exactly "
+        "as an uninterrupted one would"]
+    # a run with the default (one per process) written by 2 processes, resumed by one
+    ckpt = load_checkpoint(out / "last.pt")
+    ckpt["config"]["gradient_accumulation_steps"] = None
+    ckpt["rng"]["per_rank"] *= 2
+    torch.save(ckpt, out / "last.pt")
+    assert train.main([f"--out_dir={out}", "--init_from=resume", "--max_iters=6"]) == 0
+    captured = capsys.readouterr()
+    assert warnings_and_notes(captured.err) == [
+        "warning: the checkpoint took 2 micro-batches a step (gradient_accumulation_steps, by default one "
+        "per process), this run takes 1 micro-batch, one per data stream: stream 0 continues where the "
+        "checkpoint left off, stream 1 is no longer read, so the run no longer continues exactly as an "
+        "uninterrupted one would"]
+    assert warnings_and_notes(captured.out) == [
+        "note: the checkpoint was written by 2 processes, this run has 1: dropout masks are reseeded"]
+
+
 def test_resume_errors(corpus, straight, tmp_path, capsys):
     out = tmp_path / "out"
     assert train.main([f"--out_dir={out}", "--init_from=resume"]) == 1

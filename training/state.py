@@ -7,12 +7,14 @@ and restores all of it, so a resumed run sees exactly the batches and dropout ma
 uninterrupted one would have seen.
 
 Data streams: micro-batch k of every step comes from its own stream k, a BatchLoader seeded
-by (seed, k). Streams are numbered globally, so a run can resume on a different number of
-processes and still read the same batches.
+by (seed, k). Streams are numbered globally, so a run with an explicit
+gradient_accumulation_steps can resume on a different number of processes and still read the
+same batches; with another number of micro-batches a step it cannot (a warning says so).
 """
 
 import hashlib
 import math
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -61,14 +63,36 @@ class RunState:
         for k, loader in self.loaders.items():
             if k in rng["loaders"]:
                 loader.load_state_dict(rng["loaders"][k])
+        # micro-batches a step, one per stream: gradient_accumulation_steps, by default one per process
+        was = d["config"]["gradient_accumulation_steps"] or len(rng["per_rank"])
+        now = len(self.loaders) * env.world
+        if was != now:
+            env.say(f"warning: {stream_change(was, now)}", file=sys.stderr)
         if len(rng["per_rank"]) != env.world:
             env.say(f"note: the checkpoint was written by {len(rng['per_rank'])} processes, this run has "
-                    f"{env.world}: data resumes exactly, dropout masks are reseeded")
+                    f"{env.world}: " + ("data resumes exactly, " if was == now else "") + "dropout masks are reseeded")
             return
         mine = rng["per_rank"][env.rank]
         torch.set_rng_state(mine["torch"])
         if mine["cuda"] is not None and env.device.type == "cuda":
             torch.cuda.set_rng_state(mine["cuda"], env.device)
+
+
+def stream_change(was: int, now: int) -> str:
+    """What resuming with `now` micro-batches a step, from a checkpoint that took `was`, does to
+    the data streams (one per micro-batch)."""
+    def streams(a, b, one, many):  # "stream 2 starts" / "streams 2-3 start"
+        return f"stream {a} {one}" if b == a + 1 else f"streams {a}-{b - 1} {many}"
+
+    def batches(n):
+        return f"{n} micro-batch{'es' * (n > 1)}"
+
+    change = streams(was, now, "starts fresh from its seed", "start fresh from their seeds") if now > was \
+        else streams(now, was, "is no longer read", "are no longer read")
+    return (f"the checkpoint took {batches(was)} a step (gradient_accumulation_steps, by default one per "
+            f"process), this run takes {batches(now)}, one per data stream: "
+            f"{streams(0, min(was, now), 'continues', 'continue')} where the checkpoint left off, {change}, "
+            f"so the run no longer continues exactly as an uninterrupted one would")
 
 
 class Checkpoints:
