@@ -36,7 +36,7 @@ from data import DataError
 from model.checkpoint import load_run
 from model.pretrained import load_pretrained
 from model.fast_decode import DecodeCheckError, StaticDecoder
-from model.generate import decode
+from model.generate import check_sampling, decode
 from viz.attention_page import write_attention_page
 
 SEPARATOR = "---------------"
@@ -68,16 +68,10 @@ class SampleConfig:
 
 def check_settings(cfg: SampleConfig):
     """Nonsense values stop here, before anything is loaded."""
-    if cfg.max_new_tokens < 0:
-        raise ConfigError(f"--max_new_tokens={cfg.max_new_tokens}: must be >= 0")
-    if cfg.num_samples < 1:
-        raise ConfigError(f"--num_samples={cfg.num_samples}: must be >= 1")
-    if not cfg.temperature >= 0 or cfg.temperature == float("inf"):  # also catches nan
-        raise ConfigError(f"--temperature={cfg.temperature}: must be a finite number >= 0 (0 = greedy)")
-    if cfg.top_k is not None and cfg.top_k < 1:
-        raise ConfigError(f"--top_k={cfg.top_k}: must be >= 1, or none to sample from every token")
-    if cfg.top_p is not None and not 0.0 < cfg.top_p <= 1.0:
-        raise ConfigError(f"--top_p={cfg.top_p}: must be in (0, 1], e.g. 0.9, or none to turn it off")
+    try:  # the library's own checks (model/generate.py), in the command line's words
+        check_sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.num_samples)
+    except ValueError as e:
+        raise ConfigError(f"--{e}") from None
     if cfg.prompt and cfg.prompt_file:
         raise ConfigError("give --prompt or --prompt_file, not both")
     if cfg.compile and (not cfg.use_cache or cfg.fast == "false"):

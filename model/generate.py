@@ -26,6 +26,8 @@ only ever attends to its last attn_window tokens, at distances it saw in trainin
 """
 
 import contextlib
+import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -69,25 +71,40 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
     return (probs / q).argmax(dim=-1)
 
 
+def check_sampling(max_new_tokens, temperature, top_k, top_p, num_samples):
+    """The settings every way of sampling takes (generate, decode, StaticDecoder.decode and
+    sample.py), checked in one place. A nonsense one is a ValueError "name=value: must be ...",
+    which a command line turns into its own message by putting "--" in front."""
+    def whole(x):
+        return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+    def real(x):
+        return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+    for name, value, ok, must in [
+        ("max_new_tokens", max_new_tokens, whole(max_new_tokens) and max_new_tokens >= 0, "an integer >= 0"),
+        ("temperature", temperature, real(temperature) and 0 <= temperature < math.inf,  # not nan or inf
+         "a finite number >= 0 (0 = greedy)"),
+        ("top_k", top_k, top_k is None or whole(top_k) and top_k >= 1,
+         "an integer >= 1, or None to sample from every token"),
+        ("top_p", top_p, top_p is None or real(top_p) and 0 < top_p <= 1,
+         "a number in (0, 1], e.g. 0.9, or None to turn it off"),
+        ("num_samples", num_samples, whole(num_samples) and num_samples >= 1, "an integer >= 1"),
+    ]:
+        if not ok:
+            raise ValueError(f"{name}={value!r}: must be {must}")
+
+
 def check_generate_args(idx, max_new_tokens, temperature, top_k, top_p, num_samples, keep,
                         block_size, generator=None, seed=None):
     """Nonsense values get one clear message before any work is done. Returns (keep, generator):
     keep defaults to block_size // 2 (at least 1), and a seed becomes a generator on idx's device."""
+    check_sampling(max_new_tokens, temperature, top_k, top_p, num_samples)
     keep = max(1, block_size // 2) if keep is None else keep
     if idx.dim() != 2 or idx.size(1) == 0:
         raise ValueError(f"idx must be (B, T) with T >= 1, got shape {tuple(idx.shape)}")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1 (or unset), got {top_k!r}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples!r}")
-    if not 1 <= keep <= block_size:
-        raise ValueError(f"keep must be in [1, block_size={block_size}], got {keep!r}")
+    if isinstance(keep, bool) or not isinstance(keep, numbers.Integral) or not 1 <= keep <= block_size:
+        raise ValueError(f"keep={keep!r}: must be an integer in [1, block_size={block_size}]")
     if generator is None and seed is not None:
         generator = torch.Generator(device=idx.device).manual_seed(seed)
     return keep, generator
@@ -186,10 +203,8 @@ def generate_stream(model, idx, max_new_tokens, **kwargs):
 def generate(model, idx, max_new_tokens, num_samples=1, **kwargs):
     """idx (B, T) -> (B * num_samples, T + max_new_tokens): the prompt rows (each repeated
     num_samples times, samples of one prompt adjacent) followed by their new tokens."""
-    out = [idx.repeat_interleave(num_samples, dim=0)]
-    for nxt in generate_stream(model, idx, max_new_tokens, num_samples=num_samples, **kwargs):
-        out.append(nxt[:, None])
-    return torch.cat(out, dim=1)
+    new = [nxt[:, None] for nxt in generate_stream(model, idx, max_new_tokens, num_samples=num_samples, **kwargs)]
+    return torch.cat([idx.repeat_interleave(num_samples, dim=0), *new], dim=1)
 
 
 @contextlib.contextmanager

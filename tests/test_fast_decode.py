@@ -4,6 +4,7 @@ On CPU the fixed-shape step runs eagerly: same shapes, same in-place cache write
 position tensor and mask as the CUDA graph replays, so these tests check its logic token for
 token (greedy, fp32). The CUDA-graph tests at the bottom skip without a GPU."""
 
+import re
 from dataclasses import fields
 
 import pytest
@@ -201,8 +202,11 @@ def test_errors():
     dec = StaticDecoder(model, 2)
     with pytest.raises(ValueError, match="built for 2 rows"):
         dec.prefill(torch.zeros(1, 3, dtype=torch.long), num_samples=3)
-    with pytest.raises(ValueError, match="top_p"):
-        next(dec.decode(torch.zeros(2, 3, dtype=torch.long), 5, top_p=0.0))
+    for kw in (dict(top_p=0.0), dict(temperature=float("nan")), dict(temperature=float("inf")),
+               dict(top_p=float("nan")), dict(top_k=2.5)):   # model/generate.py's check_sampling
+        (name, value), = kw.items()
+        with pytest.raises(ValueError, match=re.escape(f"{name}={value!r}: must be")):
+            next(dec.decode(torch.zeros(2, 3, dtype=torch.long), 5, **kw))
     dec.prefill(torch.zeros(2, BLOCK, dtype=torch.long))
     with pytest.raises(ValueError, match="full"):
         dec.step(torch.zeros(2, dtype=torch.long))

@@ -2,6 +2,7 @@
 
 import copy
 import math
+import re
 
 import pytest
 import torch
@@ -279,13 +280,21 @@ def test_sampling_frequencies_follow_the_probabilities():
     assert abs((picked == 3).float().mean().item() - 1 / (1 + math.exp(-1))) < 0.01
 
 
-@pytest.mark.parametrize("kw", [dict(temperature=-1), dict(top_k=0), dict(top_p=0.0),
-                                dict(top_p=1.5), dict(num_samples=0), dict(keep=0)])
+BAD_GENERATION = [dict(temperature=-1), dict(temperature=float("nan")), dict(temperature=float("inf")),
+                  dict(temperature="0.8"), dict(top_k=0), dict(top_k=2.5), dict(top_k=True),
+                  dict(top_p=0.0), dict(top_p=1.5), dict(top_p=float("nan")), dict(num_samples=0),
+                  dict(num_samples=1.0), dict(keep=0), dict(keep=2.5)]
+
+
+@pytest.mark.parametrize("kw", BAD_GENERATION, ids=repr)
 def test_bad_generation_values(kw):
+    """One set of checks (check_sampling) for the library and sample.py: a ValueError naming the
+    argument and its value, before any work."""
     m = tiny()
-    with pytest.raises(ValueError):
+    (name, value), = kw.items()
+    with pytest.raises(ValueError, match=re.escape(f"{name}={value!r}: must be")):
         m.generate(torch.zeros(1, 2, dtype=torch.long), 3, **kw)
-    with pytest.raises(ValueError, match="max_new_tokens"):
+    with pytest.raises(ValueError, match="max_new_tokens=-1: must be"):
         m.generate(torch.zeros(1, 2, dtype=torch.long), -1)
 
 

@@ -334,13 +334,15 @@ def test_attention_page_is_wired(run, run_dir, tmp_path, monkeypatch):
 # --- bad input: one clear line, exit 1 ----------------------------------------------------------
 
 BAD = [
-    (["--max_new_tokens=-1"], "--max_new_tokens=-1: must be >= 0"),
-    (["--top_p=0"], "--top_p=0.0: must be in (0, 1]"),
-    (["--top_p=1.5"], "--top_p=1.5: must be in (0, 1]"),
-    (["--top_k=0"], "--top_k=0: must be >= 1"),
-    (["--temperature=-1"], "--temperature=-1.0: must be"),
-    (["--temperature=nan"], "--temperature=nan: must be"),
-    (["--num_samples=0"], "--num_samples=0: must be >= 1"),
+    (["--max_new_tokens=-1"], "--max_new_tokens=-1: must be an integer >= 0"),
+    (["--top_p=0"], "--top_p=0.0: must be a number in (0, 1]"),
+    (["--top_p=1.5"], "--top_p=1.5: must be a number in (0, 1]"),
+    (["--top_p=nan"], "--top_p=nan: must be a number in (0, 1]"),
+    (["--top_k=0"], "--top_k=0: must be an integer >= 1"),
+    (["--temperature=-1"], "--temperature=-1.0: must be a finite number >= 0"),
+    (["--temperature=nan"], "--temperature=nan: must be a finite number >= 0"),
+    (["--temperature=inf"], "--temperature=inf: must be a finite number >= 0"),
+    (["--num_samples=0"], "--num_samples=0: must be an integer >= 1"),
     (["--max_new_tokens=ten"], "--max_new_tokens must be an int"),
     (["--temprature=0.5"], "did you mean temperature"),
     (["--prompt=Zoo €"], "not in the vocabulary: 'Z', '€'"),
