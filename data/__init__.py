@@ -22,7 +22,7 @@ class DataError(UserError):
 from .corpora import DATASETS, load_corpus  # noqa: E402
 from .tokenizers import BPETokenizer, CharTokenizer, GPT2Tokenizer, tokenizer_from_dict  # noqa: E402
 from .prepare import DEFAULT_DATASET, load_meta, prepare  # noqa: E402
-from .loader import BatchLoader  # noqa: E402
+from .loader import BatchLoader, read_split  # noqa: E402
 
 
 def load_tokenizer(dir):

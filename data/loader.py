@@ -16,37 +16,51 @@ from . import DataError
 from .prepare import DTYPES, load_meta
 
 
+def split_size(path: Path, dtype: str | None = None) -> tuple[np.dtype, int]:
+    """(token dtype, number of tokens) of a prepared split, after checking it is whole."""
+    if not path.is_file():
+        raise DataError(f"{path} not found; prepare the dataset first, e.g. python -m data prepare")
+    dtype = dtype or load_meta(path.parent)["dtype"]  # the dtype the bins were written in
+    if dtype not in DTYPES:
+        raise DataError(f"unknown dtype {dtype!r} for {path}; expected uint16 or uint32")
+    size = path.stat().st_size
+    if size % np.dtype(dtype).itemsize:
+        raise DataError(f"{path} is {size} bytes, not a whole number of {dtype} tokens; "
+                        "it is truncated or corrupt, prepare again with --force")
+    return np.dtype(dtype), size // np.dtype(dtype).itemsize
+
+
+def read_split(bin_path, device="cpu", dtype=None) -> torch.Tensor:
+    """A whole split as one int64 tensor on `device` (n,): what resident loaders gather their
+    batches from. Read it once and give it to every loader of the split (tokens=)."""
+    path = Path(bin_path)
+    dtype, _ = split_size(path, dtype)
+    return torch.from_numpy(np.fromfile(path, dtype=dtype).astype(np.int64)).to(device)
+
+
 class BatchLoader:
+    """tokens: the split from read_split(), already on the device; the batches are then gathered
+    there (no per-step file read or host-to-device copy; worth it when the data is small). Many
+    loaders may share one such tensor: the device holds the split once."""
+
     def __init__(self, bin_path, block_size, batch_size, *, device="cpu", seed=0, dtype=None,
-                 resident=False):
+                 tokens: torch.Tensor | None = None):
         self.path = Path(bin_path)
         self.split = self.path.stem  # "train" / "val", for messages
-        if not self.path.is_file():
-            raise DataError(f"{self.path} not found; prepare the dataset first, e.g. python -m data prepare")
-        dtype = dtype or load_meta(self.path.parent)["dtype"]  # the dtype the bins were written in
-        if dtype not in DTYPES:
-            raise DataError(f"unknown dtype {dtype!r} for {self.path}; expected uint16 or uint32")
-        self.dtype = np.dtype(dtype)
-        size = self.path.stat().st_size
-        if size % self.dtype.itemsize:
-            raise DataError(f"{self.path} is {size} bytes, not a whole number of {dtype} tokens; "
-                            "it is truncated or corrupt, prepare again with --force")
-        self.n = size // self.dtype.itemsize
+        self.dtype, self.n = split_size(self.path, dtype)
         if block_size < 1 or batch_size < 1:
             raise DataError(f"block_size and batch_size must be positive, got {block_size} and {batch_size}")
         if self.n < block_size + 1:
             raise DataError(f"{self.split} split has {self.n} tokens; need at least block_size+1 = "
                             f"{block_size + 1}: use a smaller block_size or more text")
+        if tokens is not None and tokens.shape != (self.n,):
+            raise ValueError(f"tokens must be the {self.n} tokens of {self.path}, got shape {tuple(tokens.shape)}")
         self.block_size, self.batch_size = block_size, batch_size
         self.device = torch.device(device)
         self.seed, self.batches = seed, 0
         self.rng = np.random.Generator(np.random.PCG64(seed))
-        # resident: the whole split lives on the device once, and each batch is gathered there
-        # (no per-step file read or host-to-device copy; worth it when the data is small)
-        self.tokens = None
-        if resident:
-            data = np.fromfile(self.path, dtype=self.dtype).astype(np.int64)
-            self.tokens = torch.from_numpy(data).to(self.device)
+        self.tokens = tokens
+        if tokens is not None:
             self.offsets = torch.arange(block_size + 1, device=self.device)
 
     def next_batch(self):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from data import BatchLoader, DataError
+from data import BatchLoader, DataError, read_split
 
 
 def write_bin(tmp_path, tokens, dtype="uint16", split="train", meta=True):
@@ -89,6 +89,9 @@ def test_cuda_batches():
         path = write_bin(Path(d), np.arange(1000))
         x, y = BatchLoader(path, 16, 4, device="cuda").next_batch()
         assert x.is_cuda and y.is_cuda and torch.equal(y, x + 1)
+        tokens = read_split(path, "cuda")  # resident: gathered on the GPU, the same windows
+        x2, y2 = BatchLoader(path, 16, 4, device="cuda", tokens=tokens).next_batch()
+        assert x2.is_cuda and torch.equal(x2, x) and torch.equal(y2, y)
 
 
 def test_split_too_short(tmp_path):
@@ -123,11 +126,13 @@ def test_bad_state_dict(tmp_path):
 def test_resident_loader_gives_the_same_batches(tmp_path):
     path = write_bin(tmp_path, np.arange(3000) % 1000)
     mapped = BatchLoader(path, 32, 8, seed=5)
-    resident = BatchLoader(path, 32, 8, seed=5, resident=True)
+    resident = BatchLoader(path, 32, 8, seed=5, tokens=read_split(path))
     assert resident.tokens is not None
     for (x1, y1), (x2, y2) in zip(batches(mapped, 4), batches(resident, 4)):
         assert torch.equal(x1, x2) and torch.equal(y1, y2)
-    again = BatchLoader(path, 32, 8, seed=0, resident=True)
+    with pytest.raises(ValueError, match="tokens must be the 3000 tokens"):
+        BatchLoader(path, 32, 8, tokens=read_split(path)[1:])
+    again = BatchLoader(path, 32, 8, seed=0, tokens=read_split(path))
     again.load_state_dict(mapped.state_dict())  # resumes the mapped loader's stream exactly
     x1, _ = mapped.next_batch()
     x2, _ = again.next_batch()

@@ -8,6 +8,7 @@ import random
 import stat
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from training.config import TrainConfig, load_settings
 from training.env import Phases, RunEnv, start_env
 from training.evaluate import ValWindows
 from training.optim import lr_scale, schedule_warnings
+from training.state import train_streams
 from training.stops import DivergenceWatch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,6 +156,21 @@ def test_a_run_resumes_in_float16_from_float32_and_back(corpus, tmp_path, capsys
     assert notes == ["note: the checkpoint was trained in float16 and this run computes in float32, which "
                      "needs no GradScaler: the checkpoint's is dropped"]
     assert load_checkpoint(out / "last.pt")["iter_num"] == 6
+
+
+def test_resident_data_is_one_copy_per_process_shared_by_its_streams(corpus, tmp_path):
+    """data_on_device with 3 micro-batches a step: one int64 copy of the train split on the
+    device, not three, and every stream still draws the batches it draws from the file."""
+    cfg = settings(corpus, tmp_path / "out", data_on_device=True, gradient_accumulation_steps=3)
+    env = start_env(cfg)
+    data_dir = train.prepare_data(cfg, env)
+    resident = train_streams(data_dir, cfg, env, range(3))
+    mapped = train_streams(data_dir, replace(cfg, data_on_device=False), env, range(3))
+    assert len({loader.tokens.untyped_storage().data_ptr() for loader in resident.values()}) == 1
+    assert all(loader.tokens is None for loader in mapped.values())
+    for k in range(3):
+        for _ in range(3):
+            assert all(torch.equal(a, b) for a, b in zip(resident[k].next_batch(), mapped[k].next_batch()))
 
 
 # -----------------------------------------------------------------------------

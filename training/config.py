@@ -76,7 +76,7 @@ class TrainConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 where the GPU has it, fp16 on older GPUs, fp32 off CUDA
     compile: bool | None = None         # torch.compile the model; none = on CUDA only
     seed: int = 1337
-    data_on_device: bool = False        # keep the whole dataset on the device, gather batches there
+    data_on_device: bool = False        # keep the train split on the device (one copy per process), gather batches there
     eval_full_val: bool = False         # val loss from one exact pass over the whole val split
     eval_at_start: bool = True          # also evaluate before the first step (false: a speedrun's seconds)
     stop_at_val_loss: float | None = None  # stop as soon as an eval reaches this val loss

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from data import BatchLoader, DataError
+from data import BatchLoader, DataError, read_split
 from model.checkpoint import CheckpointError, save_checkpoint
 from .config import LOCKED
 
@@ -32,9 +32,12 @@ def stream_seed(seed: int, name: str, k: int = 0) -> int:
 
 
 def train_streams(data_dir: Path, cfg, env, streams) -> dict:
-    """{k: the loader of stream k} for this process's streams."""
-    return {k: BatchLoader(data_dir / "train.bin", cfg.block_size, cfg.batch_size, device=env.device,
-                           seed=stream_seed(cfg.seed, "train", k), resident=cfg.data_on_device)
+    """{k: the loader of stream k} for this process's streams. With data_on_device they all
+    gather from one copy of the train split on the device."""
+    path = data_dir / "train.bin"
+    tokens = read_split(path, env.device) if cfg.data_on_device else None
+    return {k: BatchLoader(path, cfg.block_size, cfg.batch_size, device=env.device,
+                           seed=stream_seed(cfg.seed, "train", k), tokens=tokens)
             for k in streams}
 
 
