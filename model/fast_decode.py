@@ -49,12 +49,6 @@ from .attention import position_mask, rms_norm, rotate
 from .generate import DECODE_BACKENDS, check_generate_args, eval_mode, prefill, sample_next
 from .kv_cache import KVCache, RollingKVCache
 
-# The GPTConfig fields _step is written for. tests/test_fast_decode.py fails when the model gains
-# an option that is not here, so the fixed-shape step learns it rather than silently ignoring it.
-KNOWN_CONFIG = ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "dropout",
-                "bias", "pos_emb", "rope_base", "attn_impl", "attn_window", "norm", "embed_norm",
-                "qk_norm", "mlp_act", "zero_init", "tie_embeddings", "logit_softcap")
-
 # verify(): how far the replayed / compiled step's logits may be from the eager step's, as a
 # fraction of the largest |logit| (or of 1, if all are smaller). A correct graph replays the very kernels the eager step ran, so
 # its logits come out bitwise equal; torch.compile fuses ops and keeps intermediates in fp32, which

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from model import GPT, GPTConfig
-from model.fast_decode import KNOWN_CONFIG, StaticDecoder, decode_static
+from model.fast_decode import StaticDecoder, decode_static
 from model.generate import decode
 from tests.test_gpu_invariants import freed_at_once  # one check for the CPU and the CUDA test
 
@@ -47,8 +47,7 @@ def make(device="cpu", **kw):
     """A small random model whose weights are scaled up, so its logits are peaked: greedy
     choices are then clear-cut, not near-ties that rounding could flip."""
     torch.manual_seed(0)
-    kw.setdefault("n_head", 2)
-    model = GPT(GPTConfig(vocab_size=48, block_size=BLOCK, n_layer=2, n_embd=32, **kw))
+    model = GPT(GPTConfig(**{**dict(vocab_size=48, block_size=BLOCK, n_layer=2, n_head=2, n_embd=32), **kw}))
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(4)
@@ -191,10 +190,50 @@ def test_step_returns_the_static_buffer_and_decode_clones_it():
     assert not torch.equal(steps[1][0], steps[2][0])  # kept logits were not overwritten
 
 
-def test_knows_every_model_option():
-    missing = {f.name for f in fields(GPTConfig)} - set(KNOWN_CONFIG)
-    assert not missing, (f"GPTConfig has new options {sorted(missing)}: make StaticDecoder._step "
-                         f"follow them (and add them to KNOWN_CONFIG)")
+# Every GPTConfig field, each set away from make()'s model. The static step writes out its own
+# attention core, so each option must give it the plain cached step's logits.
+OPTIONS = {
+    "vocab_size": [dict(vocab_size=37)],
+    "block_size": [dict(block_size=6)],                 # 12 steps: past it, a re-prefill
+    "n_layer": [dict(n_layer=3)],
+    "n_head": [dict(n_head=4)],
+    "n_kv_head": [dict(n_head=4, n_kv_head=2), dict(n_head=4, n_kv_head=1)],
+    "n_embd": [dict(n_embd=48)],
+    "dropout": [dict(dropout=0.5)],                     # off when decoding: the same logits
+    "bias": [dict(bias=True)],
+    "pos_emb": [dict(pos_emb="rope")],
+    "rope_base": [dict(pos_emb="rope", rope_base=7.0)],
+    "attn_impl": [dict(attn_impl="explicit")],          # the same math, written out
+    "attn_window": [dict(attn_window=3), dict(attn_window=3, pos_emb="rope")],  # a band; a ring
+    "norm": [dict(norm="rmsnorm")],
+    "embed_norm": [dict(embed_norm=True)],
+    "qk_norm": [dict(qk_norm=True)],
+    "mlp_act": [dict(mlp_act="relu2"), dict(mlp_act="gelu_tanh")],
+    "zero_init": [dict(zero_init=True, tie_embeddings=False)],
+    "tie_embeddings": [dict(tie_embeddings=False)],
+    "logit_softcap": [dict(logit_softcap=3.0)],
+}
+SAME_LOGITS = {"dropout", "attn_impl"}  # options that change how, not what, the model computes
+
+
+@pytest.mark.parametrize("field", [f.name for f in fields(GPTConfig)])
+def test_the_static_step_follows_every_model_option(field):
+    """Greedy, 12 steps: the static step's logits equal the plain KV cache's for every option. A new GPTConfig field fails here until it has a case."""
+    assert field in OPTIONS, f"GPTConfig.{field} has no case in OPTIONS: add one (StaticDecoder._step must follow it)"
+    idx = torch.randint(0, 37, (2, 3), generator=torch.Generator().manual_seed(13))
+    base = run(decode(make(), idx, 12, temperature=0))[0]
+    for kw in OPTIONS[field]:
+        model = make(**kw)
+        with torch.no_grad():  # zero-initialised weights (zero_init, biases) get values: they count
+            for p in model.parameters():
+                if not p.any():
+                    p.normal_(generator=torch.Generator().manual_seed(p.numel()))
+        want_l, want_t = run(decode(model, idx, 12, temperature=0))
+        got_l, got_t = run(decode_static(model, idx, 12, temperature=0))
+        torch.testing.assert_close(got_l, want_l, rtol=1e-4, atol=1e-4, msg=lambda m: f"{kw}: {m}")
+        assert torch.equal(got_t, want_t), kw
+        changed = want_l.shape != base.shape or not torch.allclose(want_l, base, rtol=1e-3, atol=1e-3)
+        assert changed == (field not in SAME_LOGITS), kw  # a case must change what the model computes
 
 
 def test_errors():
