@@ -63,8 +63,8 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
     probs = F.softmax(logits, dim=-1)                                   # (N, V), filtered ones 0
     # The exponential race: draw q_i ~ Exp(1) per token; q_i / p_i ~ Exp(rate p_i), and the first
     # of independent exponentials to "finish" is token i with probability p_i / sum(p) = p_i, so
-    # argmin(q / p) = argmax(p / q) is a draw from probs, as torch.multinomial would give (which
-    # does the same for one sample, with the same draws, but first checks probs with .item()).
+    # argmin(q / p) = argmax(p / q) is a draw from probs, as torch.multinomial's is (which first
+    # checks probs with .item(): on a GPU, a wait for every token).
     # A q of exactly 0 (possible on CPU, ~2^-53) would make 0 / 0 = nan for a filtered token and
     # argmax picks nan, so q is kept above 0.
     q = torch.empty_like(probs).exponential_(generator=generator).clamp_min_(torch.finfo(probs.dtype).tiny)

@@ -255,9 +255,40 @@ def test_seed_reproducible_and_filters():
     assert sample_next(logits, 0).item() == 3
 
 
-def test_sampling_draws_what_multinomial_draws():
-    """The exponential race (argmax of p / q, q ~ Exp(1)) is how torch.multinomial itself draws
-    one sample, with the same random numbers: seeded samples are what they were with multinomial."""
+LOGITS = torch.tensor([0.0, 1.0, 2.0, 3.0, -30.0])
+# what each setting must draw from, worked out by hand from LOGITS (softmax: .032 .087 .237 .644 0)
+SAMPLING_CASES = [
+    (dict(temperature=1.0), torch.softmax(LOGITS, -1)),
+    (dict(temperature=0.5), torch.softmax(LOGITS / 0.5, -1)),
+    (dict(temperature=1.0, top_k=2), torch.softmax(torch.tensor([-math.inf, -math.inf, 2.0, 3.0, -math.inf]), -1)),
+    # nucleus 0.9: tokens 3, 2 and 1 (the mass ranked above token 1 is .881 < .9; above token 0, .968)
+    (dict(temperature=1.0, top_p=0.9), torch.softmax(torch.tensor([-math.inf, 1.0, 2.0, 3.0, -math.inf]), -1)),
+]
+
+
+@pytest.mark.parametrize("kw,probs", SAMPLING_CASES, ids=lambda v: repr(v) if isinstance(v, dict) else "")
+def test_sampling_frequencies_follow_the_probabilities(kw, probs):
+    """100k seeded draws: each token's frequency within 6 standard deviations of its probability
+    (a correct sampler misses that about once in 10^8 seeds; argmax(p * q) instead of p / q is off
+    by dozens of them), and a filtered token never drawn."""
+    from model import sample_next
+    n = 100_000
+    picked = sample_next(LOGITS.repeat(n, 1), generator=torch.Generator().manual_seed(0), **kw)
+    freq = torch.bincount(picked, minlength=5).double() / n
+    probs = probs.double()
+    assert ((freq - probs).abs() <= 6 * (probs * (1 - probs) / n).sqrt()).all(), (freq, probs)
+    assert (freq[probs == 0] == 0).all()
+
+
+TORCH_VERSION = ".".join(torch.__version__.split(".")[:2])
+
+
+@pytest.mark.skipif(TORCH_VERSION != "2.13", reason=(
+    f"torch {TORCH_VERSION}: the exact equality with torch.multinomial was verified on torch 2.13 only "
+    f"(multinomial's draw order is not part of its API); the frequencies are checked on every version"))
+def test_sampling_draws_what_cpu_multinomial_draws_on_torch_2_13():
+    """On torch 2.13's CPU, torch.multinomial draws one sample by the same exponential race, from
+    the same random numbers: a seeded sample_next picks exactly what it picks."""
     from model import sample_next
     torch.manual_seed(0)
     logits = torch.randn(3, 37) * 2
@@ -265,19 +296,6 @@ def test_sampling_draws_what_multinomial_draws():
     for _ in range(50):
         want = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=theirs).squeeze(-1)
         assert torch.equal(sample_next(logits, 1.0, generator=ours), want)
-
-
-def test_sampling_frequencies_follow_the_probabilities():
-    from model import sample_next
-    logits = torch.tensor([0.0, 1.0, 2.0, 3.0, -30.0]).repeat(20_000, 1)     # 20k draws at once
-    picked = sample_next(logits, 1.0, generator=torch.Generator().manual_seed(0))
-    freq = torch.bincount(picked, minlength=5).float() / len(picked)
-    probs = torch.softmax(logits[0], dim=-1)
-    assert (freq - probs).abs().max() < 0.01          # ~3 standard deviations of a frequency of 20k draws
-    # filtered tokens are never drawn: top_k=2 keeps tokens 3 and 2, in their ratio e : 1
-    picked = sample_next(logits, 1.0, top_k=2, generator=torch.Generator().manual_seed(1))
-    assert set(picked.tolist()) == {2, 3}
-    assert abs((picked == 3).float().mean().item() - 1 / (1 + math.exp(-1))) < 0.01
 
 
 BAD_GENERATION = [dict(temperature=-1), dict(temperature=float("nan")), dict(temperature=float("inf")),
