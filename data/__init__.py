@@ -25,11 +25,6 @@ from .prepare import DEFAULT_DATASET, load_meta, prepare  # noqa: E402
 from .loader import BatchLoader, read_split  # noqa: E402
 
 
-def load_tokenizer(dir):
-    """The tokenizer of a prepared dataset folder."""
-    return tokenizer_from_dict(load_meta(dir)["tokenizer"])
-
-
 __all__ = ["DataError", "DEFAULT_DATASET", "DATASETS", "prepare", "load_meta", "load_corpus",
-           "load_tokenizer", "tokenizer_from_dict", "CharTokenizer", "GPT2Tokenizer", "BPETokenizer",
-           "BatchLoader"]
+           "tokenizer_from_dict", "CharTokenizer", "GPT2Tokenizer", "BPETokenizer", "BatchLoader",
+           "read_split"]

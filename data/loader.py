@@ -16,11 +16,11 @@ from . import DataError
 from .prepare import DTYPES, load_meta
 
 
-def split_size(path: Path, dtype: str | None = None) -> tuple[np.dtype, int]:
+def split_size(path: Path) -> tuple[np.dtype, int]:
     """(token dtype, number of tokens) of a prepared split, after checking it is whole."""
     if not path.is_file():
         raise DataError(f"{path} not found; prepare the dataset first, e.g. python -m data prepare")
-    dtype = dtype or load_meta(path.parent)["dtype"]  # the dtype the bins were written in
+    dtype = load_meta(path.parent)["dtype"]  # the dtype the bins were written in
     if dtype not in DTYPES:
         raise DataError(f"unknown dtype {dtype!r} for {path}; expected uint16 or uint32")
     size = path.stat().st_size
@@ -30,11 +30,11 @@ def split_size(path: Path, dtype: str | None = None) -> tuple[np.dtype, int]:
     return np.dtype(dtype), size // np.dtype(dtype).itemsize
 
 
-def read_split(bin_path, device="cpu", dtype=None) -> torch.Tensor:
+def read_split(bin_path, device="cpu") -> torch.Tensor:
     """A whole split as one int64 tensor on `device` (n,): what resident loaders gather their
     batches from. Read it once and give it to every loader of the split (tokens=)."""
     path = Path(bin_path)
-    dtype, _ = split_size(path, dtype)
+    dtype, _ = split_size(path)
     return torch.from_numpy(np.fromfile(path, dtype=dtype).astype(np.int64)).to(device)
 
 
@@ -43,11 +43,11 @@ class BatchLoader:
     there (no per-step file read or host-to-device copy; worth it when the data is small). Many
     loaders may share one such tensor: the device holds the split once."""
 
-    def __init__(self, bin_path, block_size, batch_size, *, device="cpu", seed=0, dtype=None,
+    def __init__(self, bin_path, block_size, batch_size, *, device="cpu", seed=0,
                  tokens: torch.Tensor | None = None):
         self.path = Path(bin_path)
         self.split = self.path.stem  # "train" / "val", for messages
-        self.dtype, self.n = split_size(self.path, dtype)
+        self.dtype, self.n = split_size(self.path)
         if block_size < 1 or batch_size < 1:
             raise DataError(f"block_size and batch_size must be positive, got {block_size} and {batch_size}")
         if self.n < block_size + 1:

@@ -194,16 +194,10 @@ def decode(model, idx, max_new_tokens, *, temperature=1.0, top_k=None, top_p=Non
             yield from _cached_logits(model, idx, max_new_tokens, pick, num_samples, keep)
 
 
-def generate_stream(model, idx, max_new_tokens, **kwargs):
-    """Yield each step's new tokens, (B * num_samples,), as soon as they are picked."""
-    for _, nxt in decode(model, idx, max_new_tokens, **kwargs):
-        yield nxt
-
-
 def generate(model, idx, max_new_tokens, num_samples=1, **kwargs):
     """idx (B, T) -> (B * num_samples, T + max_new_tokens): the prompt rows (each repeated
     num_samples times, samples of one prompt adjacent) followed by their new tokens."""
-    new = [nxt[:, None] for nxt in generate_stream(model, idx, max_new_tokens, num_samples=num_samples, **kwargs)]
+    new = [nxt[:, None] for _, nxt in decode(model, idx, max_new_tokens, num_samples=num_samples, **kwargs)]
     return torch.cat([idx.repeat_interleave(num_samples, dim=0), *new], dim=1)
 
 

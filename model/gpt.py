@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from .attention import NORM_EPS, CausalSelfAttention, Rotary, rms_norm
 from .config import GPTConfig
-from .generate import generate, generate_stream
+from .generate import generate
 from .kv_cache import KVCache, RollingKVCache
 
 
@@ -139,11 +139,11 @@ class GPT(nn.Module):
                 roles["matrices"].append(p)
         return roles
 
-    def num_params(self, non_embedding: bool = True) -> int:
-        """Parameter count; by default without the position table (the token table is
-        counted once, as it doubles as the head)."""
+    def num_params(self) -> int:
+        """Parameter count without the position table (the token table is counted once, as it
+        doubles as the head)."""
         n = sum(p.numel() for p in self.parameters())  # a tied head's weight is counted once
-        if non_embedding and self.wpe is not None:
+        if self.wpe is not None:
             n -= self.wpe.weight.numel()
         return n
 
@@ -226,12 +226,8 @@ class GPT(nn.Module):
 
     def generate(self, idx, max_new_tokens: int, **kwargs):
         """Return idx (B, T) followed by max_new_tokens sampled tokens, shape (B * num_samples, T + new).
-        Keyword arguments as in model.generate.generate_stream."""
+        Keyword arguments as in model.generate.decode."""
         return generate(self, idx, max_new_tokens, **kwargs)
-
-    def generate_stream(self, idx, max_new_tokens: int, **kwargs):
-        """Yield the new tokens one step at a time, each (B * num_samples,)."""
-        return generate_stream(self, idx, max_new_tokens, **kwargs)
 
     @classmethod
     def from_pretrained(cls, name_or_path, **options) -> "GPT":

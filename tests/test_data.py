@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data import DEFAULT_DATASET, DataError, corpora, load_meta, load_tokenizer, prepare
+from data import DEFAULT_DATASET, DataError, corpora, load_meta, prepare, tokenizer_from_dict
 from data.__main__ import main
 
 POEM = ("ROMEO:\nBut, soft! what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n\n"
@@ -29,7 +29,7 @@ def tokens(d, split):
 
 
 def decoded(d, split):
-    return load_tokenizer(d).decode(tokens(d, split))
+    return tokenizer_from_dict(load_meta(d)["tokenizer"]).decode(tokens(d, split))  # as train.py reads it
 
 
 def write(path, text):

@@ -43,7 +43,6 @@ class RunEnv:
     compile: bool
     rank: int = 0
     world: int = 1
-    local_rank: int = 0
 
     @property
     def ddp(self) -> bool:
@@ -85,7 +84,7 @@ def start_env(cfg) -> RunEnv:
     if dtype == torch.float16 and device.type != "cuda":
         raise ConfigError(f"dtype=float16 needs CUDA (a GradScaler); on {device.type} use float32 or bfloat16")
     compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
-    env = RunEnv(device, dtype, compile, rank, world, local_rank or 0)
+    env = RunEnv(device, dtype, compile, rank, world)
     if env.ddp:
         if device.type == "cuda":
             torch.cuda.set_device(device)
