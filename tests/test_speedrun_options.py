@@ -11,7 +11,8 @@ import torch
 import train
 from common.errors import ConfigError
 from configs import available_configs, build, load_config_file
-from training.config import TrainConfig
+from training.config import TrainConfig, load_settings
+from training.env import Phases, start_env
 from training.optim import lr_scale, make_optimizers
 from model import GPT, GPTConfig
 from model.checkpoint import load_checkpoint, model_from_checkpoint
@@ -71,6 +72,23 @@ def test_weight_decay_is_adamws_and_muon_weight_decay_muons():
     assert [g["weight_decay"] for g in adamw.param_groups] == [0.5, 0.0]
     with pytest.raises(ConfigError, match="muon_weight_decay must be 0 or more"):
         TrainConfig(muon_weight_decay=-0.1)
+
+
+def test_a_resumed_run_decays_as_its_settings_say(corpus, tmp_path):
+    """The optimizers' saved state must not bring back another decay: a checkpoint whose Muon
+    still decayed by weight_decay (0.1) resumes with muon_weight_decay, and either may change."""
+    out = tmp_path / "out"
+    assert train.main(tiny(corpus, out, "--optimizer=muon", "--max_iters=2")) == 0
+    ckpt = load_checkpoint(out / "last.pt")
+    ckpt["optimizer"][0]["param_groups"][0]["weight_decay"] = 0.1   # Muon decayed by weight_decay
+    del ckpt["config"]["muon_weight_decay"]                          # before the setting existed
+    torch.save(ckpt, out / "last.pt")
+    for args, muon_wd, adamw_wd in [([], 0.0, 0.1), (["--muon_weight_decay=0.01", "--weight_decay=0"], 0.01, 0.0)]:
+        cfg, ckpt, _ = load_settings([f"--out_dir={out}", "--init_from=resume", "--max_iters=4", *args])
+        run = train.setup(cfg, ckpt, start_env(cfg), Phases())
+        muon, adamw = run.optimizers
+        assert [g["weight_decay"] for g in muon.param_groups] == [muon_wd]
+        assert [g["weight_decay"] for g in adamw.param_groups] == [adamw_wd, 0.0]
 
 
 def test_speedrun_options_train_resume_and_sample(corpus, tmp_path):

@@ -138,10 +138,11 @@ class Checkpoints:
             if len(ckpt["optimizer"]) != len(self.optimizers):
                 raise ValueError(f"{len(ckpt['optimizer'])} optimizer states for {len(self.optimizers)} optimizers")
             for opt, s in zip(self.optimizers, ckpt["optimizer"]):
-                peaks = [g["peak_lr"] for g in opt.param_groups]
+                ours = [(g["peak_lr"], g["weight_decay"]) for g in opt.param_groups]
                 opt.load_state_dict(s)
-                for g, peak in zip(opt.param_groups, peaks):  # this run's peaks: --learning_rate may change
-                    g["peak_lr"] = peak
+                # this run's peaks and decays: --learning_rate or --muon_weight_decay may change
+                for g, (peak, decay) in zip(opt.param_groups, ours):
+                    g["peak_lr"], g["weight_decay"] = peak, decay
             self.restore_scaler(ckpt["scaler"])
             state.load_state_dict(ckpt, self.env)
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError, DataError) as e:
