@@ -266,7 +266,7 @@ SAMPLING_CASES = [
 ]
 
 
-@pytest.mark.parametrize("kw,probs", SAMPLING_CASES, ids=lambda v: repr(v) if isinstance(v, dict) else "")
+@pytest.mark.parametrize("kw,probs", SAMPLING_CASES, ids=[repr(kw) for kw, _ in SAMPLING_CASES])
 def test_sampling_frequencies_follow_the_probabilities(kw, probs):
     """100k seeded draws: each token's frequency within 6 standard deviations of its probability
     (a correct sampler misses that about once in 10^8 seeds; argmax(p * q) instead of p / q is off
