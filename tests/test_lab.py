@@ -39,18 +39,18 @@ def quick(one_thread, tmp_path_factory):
 def test_the_listing_names_every_experiment_then_its_question():
     out = subprocess.run([sys.executable, "-m", "lab"], cwd=REPO, capture_output=True, text=True, check=True)
     lines = out.stdout.splitlines()
-    assert len(lines) == len(EXPERIMENTS)
+    assert len(lines) >= 7 and len(lines) == len(EXPERIMENTS)
     for line, name in zip(lines, EXPERIMENTS):
         first, question = line.split(maxsplit=1)
         assert first == name and question.endswith("?")
 
 
 def test_a_run_from_the_command_line(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "lab", "mask", "--quick", "--out", str(tmp_path)],
+    out = subprocess.run([sys.executable, "-m", "lab", "kv-heads", "--quick", "--out", str(tmp_path)],
                          cwd=REPO, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr
     assert "1 thread(s)" in out.stdout and "\nshows: " in out.stdout
-    assert (tmp_path / "mask.json").is_file() and (tmp_path / "mask.svg").is_file()
+    assert (tmp_path / "kv-heads.json").is_file() and (tmp_path / "kv-heads.svg").is_file()
 
 
 def one_error_line(capsys, out=None):
@@ -91,3 +91,41 @@ def test_mask_training_loss_lies(quick):
     assert nm["val_loss_causal"][0] > causal["val_loss_causal"][0] + 1.0  # and cannot write text
     assert set(fig["samples"]) == {"causal", "no mask"}
     assert all(s.startswith("DUKE ORSINO:") for s in fig["samples"].values())
+
+
+def test_qkv_three_projections_win(quick):
+    fig = quick("qkv")
+    assert set(fig) == {"three", "shared", "none"}
+    assert fig["shared"]["qkv_params"] * 3 == fig["three"]["qkv_params"] and fig["none"]["qkv_params"] == 0
+    for other in ("shared", "none"):
+        assert fig["three"]["val_loss"][0] < fig[other]["val_loss"][0] - 0.05
+
+
+def test_heads_same_width_every_count(quick):
+    fig = quick("heads")
+    assert [f["n_head"] for f in fig.values()] == [1, 2, 4, 8, 16]
+    assert [f["head_size"] * f["n_head"] for f in fig.values()] == [32] * 5
+    assert len({f["params"] for f in fig.values()}) == 1
+    assert all(f["ms_per_step"][0] > 0 for f in fig.values())
+
+
+def test_head_importance_heads_differ(quick):
+    seeds = quick("head-importance")["seeds"]
+    s = seeds["0"]
+    assert len(s["importance"]) == 1 and len(s["importance"][0]) == 4   # n_layer x n_head
+    assert max(s["importance"][0]) > 0.05                               # silencing a head costs
+    assert s["divergence_end"][0] > 10 * s["divergence_init"][0]        # trained heads look elsewhere
+
+
+def test_kv_heads_cache_shrinks(quick):
+    fig = quick("kv-heads")
+    assert [f["n_kv_head"] for f in fig.values()] == [4, 2, 1]
+    assert [f["cache_bytes_per_token"] for f in fig.values()] == [256, 128, 64]
+    params = [f["params"] for f in fig.values()]
+    assert params == sorted(params, reverse=True) and len(set(params)) == 3
+
+
+def test_window_of_one_costs(quick):
+    fig = quick("window")
+    assert [f["attn_window"] for f in fig.values()] == [32, 8, 4, 2, 1]
+    assert fig["window 1"]["val_loss"][0] > fig["window 32 (full)"]["val_loss"][0] + 0.05
