@@ -45,7 +45,8 @@ def parse(argv):
                     help="a tiny version (seconds): the same arms, a smaller model and budget, fewer seeds")
     ap.add_argument("--out", metavar="DIR", help="where NAME.json and NAME.svg go (default lab-out/NAME/)")
     ap.add_argument("--threads", type=positive, metavar="N",
-                    help="torch threads (default: torch's own, which follows OMP_NUM_THREADS)")
+                    help="torch threads (default: torch's own, which follows OMP_NUM_THREADS); these "
+                         "models are small, and on a busy machine 1 is much faster (docs/lab.md)")
     return ap.parse_args(argv)
 
 
