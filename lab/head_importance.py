@@ -43,8 +43,7 @@ def importance(model, batches) -> list[list[float]]:
 def run(corpus, plan: Plan) -> Result:
     cfg = config(corpus, plan)
     runs = train_arms(corpus, [Arm("model", lambda: GPT(cfg))], plan)
-    val = corpus.loader("val", plan.budget, seed=0)
-    batches = [val.next_batch() for _ in range(plan.budget.val_batches)]
+    batches = corpus.val_batches(plan.budget)
     probe = batches[0][0][:4]                                            # (4, T): the same text for all
     per_seed = {}
     for r in runs:

@@ -36,7 +36,7 @@ def run(corpus, plan: Plan) -> Result:
     cfgs = [config(corpus, plan, n_kv_head=kv) for kv in range(nh, 0, -1) if nh % kv == 0]
     arms = [Arm(label(c), partial(GPT, c)) for c in cfgs]
     runs = by_arm(train_arms(corpus, arms, plan))
-    probe = corpus.loader("val", plan.budget, seed=0).next_batch()[0][:4]   # (4, T): the same text for all
+    probe = corpus.val_batches(plan.budget)[0][0][:4]   # (4, T): the same text for all
     fig, rows = {}, []
     for a in arms:
         rs = runs[a.name]

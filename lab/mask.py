@@ -51,8 +51,7 @@ def run(corpus, plan: Plan) -> Result:
 
     arms = [Arm("causal", causal), Arm("no mask", unmasked, evaluate=causal_val)]
     runs = by_arm(train_arms(corpus, arms, plan))
-    val = corpus.loader("val", plan.budget, seed=0)
-    batches = [val.next_batch() for _ in range(plan.budget.val_batches)]
+    batches = corpus.val_batches(plan.budget)
     tail = max(1, plan.budget.steps // 10)  # "the training loss it reports": the last 10% of steps
     fig, rows = {}, []
     for name, rs in runs.items():

@@ -30,7 +30,7 @@ def run(corpus, plan: Plan) -> Result:
     arms = [arm(how) for how in PROJECTIONS]
     runs = by_arm(train_arms(corpus, arms, plan))
     fig, rows = {}, []
-    probe = corpus.loader("val", plan.budget, seed=0).next_batch()[0][:4]   # (4, T): the same text for all
+    probe = corpus.val_batches(plan.budget)[0][0][:4]   # (4, T): the same text for all
     for how, rs in runs.items():
         self_weight = [mean(w.diagonal(dim1=-2, dim2=-1)[..., 1:].mean().item()
                             for w in r.model.attention_maps(probe)) for r in rs]

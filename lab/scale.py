@@ -42,7 +42,7 @@ def run(corpus, plan: Plan) -> Result:
 
     arms = [arm(name, s) for name, s in scalings(cfg).items()]
     runs = by_arm(train_arms(corpus, arms, plan))
-    probe = corpus.loader("val", plan.budget, seed=0).next_batch()[0][:4]   # (4, T): the same text for all
+    probe = corpus.val_batches(plan.budget)[0][0][:4]   # (4, T): the same text for all
     fig, rows = {}, []
     for a in arms:
         rs = runs[a.name]

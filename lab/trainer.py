@@ -16,7 +16,7 @@ The optimizer and schedule are train.py's own (training/optim.py): AdamW, warmup
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -40,6 +40,11 @@ class Corpus:
     def loader(self, split: str, budget: "Budget", seed: int) -> BatchLoader:
         return BatchLoader(self.dir / f"{split}.bin", budget.block_size, budget.batch_size,
                            seed=stream_seed(seed, f"lab-{split}"), resident=True)
+
+    def val_batches(self, budget: "Budget") -> list:
+        """[(x, y)]: the budget's fixed val batches, the same for every arm, seed and experiment."""
+        val = self.loader("val", budget, seed=0)
+        return [val.next_batch() for _ in range(budget.val_batches)]
 
 
 @dataclass
@@ -80,7 +85,6 @@ class Arm:
     name: str
     build: Callable[[], GPT]                            # called right after torch.manual_seed(seed)
     evaluate: Callable | None = None                    # (model, batches) -> loss; None: val_loss
-    learning_rate: float | None = None                  # None: the budget's (a sweep sets its own)
 
 
 @dataclass
@@ -112,14 +116,13 @@ def val_loss(model, batches) -> float:
         return sum(model(x, y)[1].item() for x, y in batches) / len(batches)
 
 
-def train_arms(corpus: Corpus, arms: list[Arm], plan: Plan, log: bool = True) -> list[Run]:
+def train_arms(corpus: Corpus, arms: list[Arm], plan: Plan) -> list[Run]:
     """Train every arm for the plan's steps under each of its seeds, round robin; returns one Run
     per (seed, arm), seed by seed. The same seed gives every arm the same init where its shapes allow
     (each is built right after torch.manual_seed(seed)) and the same batches."""
     budget = plan.budget
     cfg = budget.schedule()
-    val = corpus.loader("val", budget, seed=0)
-    val_batches = [val.next_batch() for _ in range(budget.val_batches)]  # the same for every run
+    val_batches = corpus.val_batches(budget)
     evals = set(budget.eval_steps())
     runs = []
     for seed in plan.seeds:
@@ -127,8 +130,7 @@ def train_arms(corpus: Corpus, arms: list[Arm], plan: Plan, log: bool = True) ->
         for arm in arms:
             torch.manual_seed(seed)
             model = arm.build()
-            lr = arm.learning_rate or budget.learning_rate  # the schedule's shape is the same
-            opts = make_optimizers(model, replace(cfg, learning_rate=lr, min_lr=lr / 10), torch.device("cpu"))
+            opts = make_optimizers(model, cfg, torch.device("cpu"))
             group.append((arm, Run(arm.name, seed, model), opts))
         train = corpus.loader("train", budget, seed)
         for step in range(budget.steps + 1):
@@ -149,8 +151,7 @@ def train_arms(corpus: Corpus, arms: list[Arm], plan: Plan, log: bool = True) ->
                     opt.zero_grad(set_to_none=True)
                 run.train_loss.append(loss.item())
                 run.step_ms.append(1000 * (time.perf_counter() - t))
-        if log:
-            print(f"  seed {seed}: " + ", ".join(f"{r.arm} {r.val:.3f}" for _, r, _ in group), file=sys.stderr)
+        print(f"  seed {seed}: " + ", ".join(f"{r.arm} {r.val:.3f}" for _, r, _ in group), file=sys.stderr)
         runs += [run for _, run, _ in group]
     return runs
 

@@ -47,8 +47,7 @@ def run(corpus, plan: Plan) -> Result:
     cfgs = [config(corpus, plan, attn_window=w) for w in windows(T)]
     names = [f"window {c.attn_window or T}" + (" (full)" if c.attn_window == 0 else "") for c in cfgs]
     runs = by_arm(train_arms(corpus, [Arm(n, partial(GPT, c)) for n, c in zip(names, cfgs)], plan))
-    val = corpus.loader("val", plan.budget, seed=0)
-    batches = [val.next_batch() for _ in range(plan.budget.val_batches)]   # the val loss's own batches
+    batches = corpus.val_batches(plan.budget)   # the val loss's own batches
     fig, rows = {}, []
     for n in names:
         rs = runs[n]
