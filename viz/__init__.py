@@ -2,5 +2,6 @@
 
     attention_page.py   one self-contained HTML page of a model's attention weights
     attention_page.html its template (plain HTML, CSS and JavaScript; edit it as such)
-    loss_plot.py        the loss curve as a static SVG (out_dir/loss.svg, and on the page)
+    loss_plot.py        line charts as static SVG: the loss curve (out_dir/loss.svg, and on the
+                        page) and the curves of `python -m lab`
 """
