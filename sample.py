@@ -56,7 +56,7 @@ class SampleConfig:
     top_p: float | None = None       # nucleus: the likeliest tokens holding this much probability, in (0, 1]
     seed: int = 1337                 # same seed, same settings: same text
     device: str = "auto"             # auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bfloat16 on GPUs that compute it natively, float16 on older GPUs, float32 elsewhere
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bfloat16 where the GPU or CPU computes it natively, float16 on older GPUs, float32 elsewhere
     use_cache: bool = True           # false: recompute the whole context for every token (slow reference)
     fast: Literal["auto", "true", "false"] = "auto"  # static cache + CUDA graph; auto = on CUDA only
     compile: bool = False            # torch.compile the fast decode step (faster steps, slow start)
@@ -170,7 +170,7 @@ def sample(cfg: SampleConfig, out=None, err=None) -> list[list[int]]:
     out, err = out or sys.stdout, err or sys.stderr
     check_settings(cfg)
     device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
+    dtype = resolve_dtype(cfg.dtype, device, use="decode")
     if cfg.init_from is not None:  # OpenAI's GPT-2 (model/pretrained.py), with its own tokenizer
         model, tokenizer = load_pretrained(cfg.init_from)
         model = model.to(device=device, dtype=dtype).eval()

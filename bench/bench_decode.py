@@ -57,7 +57,7 @@ SAMPLING = dict(temperature=0.8, top_k=200)  # sample.py's defaults (tests/test_
 @dataclass
 class BenchConfig:
     device: str = "auto"             # auto (cuda, then mps, then cpu), cpu, cuda, cuda:N
-    dtype: str = "auto"              # auto: bfloat16 on GPUs that compute it natively, float16 on older ones, else float32
+    dtype: str = "auto"              # auto: as sample.py (bfloat16 where native, GPU or CPU; float16 on older GPUs; else float32)
     sizes: str = "shakespeare_char,cpu"  # model shapes: names of configs/*.toml (or "tiny"), comma-separated
     batch_sizes: str = "1,64"        # comma-separated
     paths: str = "uncached,cached,fast"  # any of uncached, cached, fast, compiled
@@ -268,7 +268,7 @@ def run(cfg: BenchConfig, say=print) -> dict:
 
 def _run(cfg: BenchConfig, say) -> dict:
     device = resolve_device(cfg.device)      # the one rule train.py and sample.py use
-    dtype = resolve_dtype(cfg.dtype, device)  # auto: bf16 only where the GPU computes it natively
+    dtype = resolve_dtype(cfg.dtype, device, use="decode")  # auto: as sample.py decodes
     sizes = cfg.sizes.split(",") if not cfg.quick or cfg.sizes != BenchConfig.sizes else ["tiny"]
     try:
         batches = [int(b) for b in ("1,4" if cfg.quick and cfg.batch_sizes == BenchConfig.batch_sizes

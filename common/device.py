@@ -1,11 +1,12 @@
 """Which device, dtype and distributed backend a run uses: one rule for train.py, sample.py
 and the benchmarks, written as small functions so the GPU rules can be tested on a CPU.
 
-    resolve_device("auto")  -> cuda if PyTorch sees a GPU, else mps (Apple), else cpu
-    default_dtype(device)   -> bfloat16 where the GPU computes it natively (compute capability
-                               8.0+: A100, H100, RTX 30xx/40xx, L4, ...), float16 on older GPUs
-                               (V100, T4: bf16 is only emulated there), float32 elsewhere
-    ddp_backend(device)     -> nccl for CUDA runs, gloo for everything else
+    resolve_device("auto")    -> cuda if PyTorch sees a GPU, else mps (Apple), else cpu
+    native_bf16(device)       -> does the hardware compute bfloat16 itself? CUDA from compute
+                                 capability 8.0 (A100, H100, RTX 30xx/40xx, L4, ...); a CPU with
+                                 AVX512-BF16 or AMX-BF16 units
+    default_dtype(device, use) -> what dtype=auto means, for training or for decoding
+    ddp_backend(device)       -> nccl for CUDA runs, gloo for everything else
 
 Why not torch.cuda.is_bf16_supported(): it also returns True on GPUs that merely emulate bf16
 (T4, V100), where autocast then runs slowly, Inductor declines to compile bf16 graphs and SDPA
@@ -60,24 +61,54 @@ def capability(device: torch.device) -> tuple[int, int] | None:
     return torch.cuda.get_device_capability(device) if device.type == "cuda" else None
 
 
-def native_bf16(device_type: str, cap: tuple[int, int] | None) -> bool:
-    """Does this hardware compute bfloat16 itself? CUDA from compute capability 8.0 (Ampere);
-    CPUs are left out on purpose: without AMX/AVX512-BF16 units bf16 matmuls are slower there."""
-    return device_type == "cuda" and cap is not None and cap >= (8, 0)
+def cpu_bf16(capabilities: dict | None = None) -> bool:
+    """Does this CPU compute bfloat16 itself (AVX512-BF16 or AMX-BF16 units)? Without them a
+    bf16 matmul is converted to float32 and back, slower than float32 alone. capabilities:
+    torch.cpu.get_capabilities()'s answer, or the CPU flags from /proc/cpuinfo on a torch
+    without it (the tests pass faked ones)."""
+    if capabilities is None:
+        capabilities = _cpu_capabilities()
+    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
 
 
-def default_dtype(device_type: str, cap: tuple[int, int] | None = None) -> torch.dtype:
-    """The compute dtype 'auto' means: bf16 where native, fp16 on older CUDA GPUs (training
-    then needs a GradScaler, which train.py turns on), float32 elsewhere."""
-    if device_type != "cuda":
-        return torch.float32
-    return torch.bfloat16 if native_bf16(device_type, cap) else torch.float16
+def _cpu_capabilities() -> dict:
+    try:
+        return torch.cpu.get_capabilities()
+    except AttributeError:  # an older torch: read the flags the kernel reports
+        try:
+            with open("/proc/cpuinfo") as f:
+                flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+        except OSError:
+            return {}
+        return {flag: True for flag in flags}
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """'auto' or a dtype name -> torch.dtype, checked against the device."""
+def native_bf16(device_type: str, cap: tuple[int, int] | None = None, cpu: dict | None = None) -> bool:
+    """Does this hardware compute bfloat16 itself? A CUDA GPU from compute capability 8.0
+    (Ampere); a CPU with AVX512-BF16 or AMX (cpu_bf16; cpu: its capabilities, faked in tests)."""
+    if device_type == "cuda":
+        return cap is not None and cap >= (8, 0)
+    return device_type == "cpu" and cpu_bf16(cpu)
+
+
+def default_dtype(device_type: str, cap: tuple[int, int] | None = None, use: str = "train",
+                  cpu: dict | None = None) -> torch.dtype:
+    """What dtype=auto means. On CUDA the same for training and decoding: bf16 where native, fp16
+    on older GPUs (training then needs a GradScaler, which train.py turns on). On a CPU each use
+    as measured on one (docs/gpu.md): decoding in bf16 where the CPU computes it (the weights
+    are read once per token, and half the bytes is faster), training in float32 (autocast's
+    casts cost more than its matmuls save at this project's sizes). float32 elsewhere."""
+    if device_type == "cuda":
+        return torch.bfloat16 if native_bf16(device_type, cap) else torch.float16
+    if use == "decode" and native_bf16(device_type, cap, cpu):
+        return torch.bfloat16
+    return torch.float32
+
+
+def resolve_dtype(name: str, device: torch.device, use: str = "train") -> torch.dtype:
+    """'auto' (for training or for decoding) or a dtype name -> torch.dtype."""
     if name == "auto":
-        return default_dtype(device.type, capability(device))
+        return default_dtype(device.type, capability(device), use)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(name)
     if dtype is None:
         raise ConfigError(f"--dtype={name}: use auto, float32, bfloat16 or float16")

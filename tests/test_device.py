@@ -4,7 +4,7 @@ capability), which DDP backend, which MFU peak, and how a torchrun process joins
 import pytest
 import torch
 
-from common.device import ddp_backend, default_dtype, native_bf16, resolve_device, resolve_dtype
+from common.device import cpu_bf16, ddp_backend, default_dtype, native_bf16, resolve_device, resolve_dtype
 from common.errors import ConfigError
 from training import env as env_mod
 from training.env import peak_flops, start_env
@@ -16,12 +16,43 @@ from training.env import peak_flops, start_env
     ("cuda", (8, 9), torch.bfloat16),   # L4, RTX 4090
     ("cuda", (7, 5), torch.float16),    # T4: is_bf16_supported() says yes, but only emulates it
     ("cuda", (7, 0), torch.float16),    # V100
-    ("cpu", None, torch.float32),
     ("mps", None, torch.float32),
 ])
 def test_default_dtype_by_compute_capability(device_type, cap, dtype):
     assert default_dtype(device_type, cap) == dtype
+    assert default_dtype(device_type, cap, use="decode") == dtype   # a GPU decodes as it trains
     assert native_bf16(device_type, cap) == (dtype == torch.bfloat16)
+
+
+NO_BF16 = {"avx512_f": True, "avx2": True, "avx512_bf16": False, "amx_bf16": False}  # e.g. Skylake-X
+
+
+@pytest.mark.parametrize("cpu, native", [
+    ({**NO_BF16, "avx512_bf16": True}, True),          # Zen 4, Cooper Lake
+    ({**NO_BF16, "amx_bf16": True}, True),             # Sapphire Rapids (AMX tiles)
+    (NO_BF16, False),
+    ({"avx2": True}, False),                           # an older x86
+    ({}, False),                                       # nothing known (e.g. an ARM torch without flags)
+])
+def test_cpu_bf16_from_the_cpus_capabilities(cpu, native):
+    assert cpu_bf16(cpu) == native
+    assert native_bf16("cpu", None, cpu) == native
+    # training stays float32 on every CPU; decoding takes bf16 only where the CPU computes it
+    assert default_dtype("cpu", None, "train", cpu) == torch.float32
+    assert default_dtype("cpu", None, "decode", cpu) == (torch.bfloat16 if native else torch.float32)
+
+
+def test_cpu_bf16_reads_proc_cpuinfo_on_a_torch_without_get_capabilities(monkeypatch, tmp_path):
+    import builtins
+    import common.device as device
+    monkeypatch.delattr(torch.cpu, "get_capabilities")
+    real_open = builtins.open
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
+    monkeypatch.setattr(builtins, "open", lambda p, *a, **k: real_open(info if p == "/proc/cpuinfo" else p, *a, **k))
+    assert device._cpu_capabilities()["avx512_bf16"] and device.cpu_bf16()
+    info.write_text("flags\t\t: fpu sse2 avx2\n")
+    assert not device.cpu_bf16()
 
 
 def test_backend_follows_the_runs_device_not_the_machine():
@@ -32,6 +63,8 @@ def test_backend_follows_the_runs_device_not_the_machine():
 def test_resolve_device_and_dtype_here():
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("auto", torch.device("cpu"), use="decode") == \
+        (torch.bfloat16 if cpu_bf16() else torch.float32)
     assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
     with pytest.raises(ConfigError, match="--device=tpu"):
         resolve_device("tpu")

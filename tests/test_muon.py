@@ -12,7 +12,8 @@ from training.muon import Muon, newton_schulz_dtype, orthogonalize
 
 
 @pytest.mark.parametrize("shape", [(64, 16), (16, 64), (32, 32)])
-def test_orthogonalize_flattens_the_spectrum(shape):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_orthogonalize_flattens_the_spectrum(shape, dtype):
     torch.manual_seed(0)
     # a badly conditioned matrix: singular values from 1e-3 to 1e2
     U, _ = torch.linalg.qr(torch.randn(shape[0], shape[0]))
@@ -20,7 +21,7 @@ def test_orthogonalize_flattens_the_spectrum(shape):
     k = min(shape)
     S = torch.logspace(-3, 2, k)
     G = U[:, :k] @ torch.diag(S) @ V[:, :k].T
-    s = torch.linalg.svdvals(orthogonalize(G))
+    s = torch.linalg.svdvals(orthogonalize(G, dtype=dtype).float())
     assert s.max() < 1.3 and s[: k // 2].min() > 0.6  # the large half lands near 1
     assert s.max() / s[: k // 2].min() < 2.0          # was 1e5 / 10 before
 
@@ -168,24 +169,28 @@ def test_state_dict_round_trip_resumes_identically():
 
 # --- which dtype Newton-Schulz computes in ------------------------------------------------------
 
-@pytest.mark.parametrize("device_type, cap, dtype", [
-    ("cuda", (7, 5), torch.float32),   # T4: bf16 only emulated
-    ("cuda", (7, 0), torch.float32),   # V100
-    ("cuda", (8, 0), torch.bfloat16),  # A100
-    ("cuda", (9, 0), torch.bfloat16),  # H100
-    ("cpu", None, torch.float32),
-    ("mps", None, torch.float32),
+@pytest.mark.parametrize("device_type, cap, cpu, dtype", [
+    ("cuda", (7, 5), None, torch.float32),   # T4: bf16 only emulated
+    ("cuda", (7, 0), None, torch.float32),   # V100
+    ("cuda", (8, 0), None, torch.bfloat16),  # A100
+    ("cuda", (9, 0), None, torch.bfloat16),  # H100
+    ("cpu", None, {"avx512_bf16": True}, torch.bfloat16),  # a CPU with bf16 units
+    ("cpu", None, {"amx_bf16": True}, torch.bfloat16),
+    ("cpu", None, {"avx2": True, "avx512_f": True}, torch.float32),  # one without
+    ("mps", None, None, torch.float32),
 ])
-def test_newton_schulz_dtype(device_type, cap, dtype):
-    assert newton_schulz_dtype(device_type, cap) == dtype
+def test_newton_schulz_dtype(device_type, cap, cpu, dtype):
+    assert newton_schulz_dtype(device_type, cap, cpu) == dtype
 
 
 def test_muon_and_orthogonalize_follow_the_dtype_rule(monkeypatch):
     """A CPU cannot pose as an A100, so fake the rule itself and check both use it."""
     G = torch.randn(16, 32)
-    assert orthogonalize(G).dtype == torch.float32                    # the rule on a CPU
+    assert orthogonalize(G).dtype == newton_schulz_dtype("cpu", None)  # the rule on this CPU
     monkeypatch.setattr(training.muon, "newton_schulz_dtype", lambda device_type, cap: torch.bfloat16)
     assert orthogonalize(G).dtype == torch.bfloat16
+    monkeypatch.setattr(training.muon, "newton_schulz_dtype", lambda device_type, cap: torch.float32)
+    assert orthogonalize(G).dtype == torch.float32
     groups, ref = mixed_groups(), mixed_groups()
     set_grads(groups, 0)
     set_grads(ref, 0)

@@ -16,7 +16,7 @@ matrix. On a GPU that is what counts: one Newton-Schulz is ~45 small kernels, an
 (~36 of them) meant ~1,800 launches a step, longer than the model's compiled forward+backward.
 
 Why not torch.optim.Muon (PyTorch >= 2.9)? It runs Newton-Schulz in bfloat16 always, which is
-fast on a GPU with bf16 units but ~20x slower than float32 on a CPU without them; here the
+fast where the hardware computes bf16 but slower than float32 where it only emulates it; here the
 iteration runs in bf16 only where the hardware computes it (newton_schulz_dtype), and the code
 works on every torch this project supports.
 """
@@ -28,11 +28,11 @@ import torch
 from common.device import capability, native_bf16
 
 
-def newton_schulz_dtype(device_type: str, cap: tuple[int, int] | None) -> torch.dtype:
-    """bf16 where the GPU computes it natively (compute capability 8.0+), float32 elsewhere:
-    on older GPUs (T4, V100) bf16 is only emulated, and on CPUs it is slower than float32.
-    The iteration tolerates bf16's rounding: it only has to land singular values near 1."""
-    return torch.bfloat16 if native_bf16(device_type, cap) else torch.float32
+def newton_schulz_dtype(device_type: str, cap: tuple[int, int] | None, cpu: dict | None = None) -> torch.dtype:
+    """bf16 where the hardware computes it natively (a GPU of compute capability 8.0+, a CPU with
+    AVX512-BF16 or AMX: common/device.py), float32 elsewhere, where bf16 is only emulated and
+    slower. The iteration tolerates bf16's rounding: it only has to land singular values near 1."""
+    return torch.bfloat16 if native_bf16(device_type, cap, cpu) else torch.float32
 
 
 def orthogonalize(G, steps: int = 5, eps: float = 1e-7, dtype: torch.dtype | None = None):
