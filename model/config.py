@@ -32,6 +32,7 @@ class GPTConfig:
     zero_init: bool = False     # residual output projections (and an untied head) start at zero
     tie_embeddings: bool = True  # the head reuses the token embedding matrix
     logit_softcap: float = 0.0  # > 0: logits = c * tanh(logits / c), keeps them in (-c, c)
+    x0_shortcut: bool = False   # every block also reads the embeddings: a * x + b * x0, a and b learned
 
     def __post_init__(self):
         if self.n_kv_head is None:

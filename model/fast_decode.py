@@ -148,7 +148,9 @@ class StaticDecoder:
         m, cfg = self.model, self.config
         N, C = x.size(0), cfg.n_embd
         nh, nkv, hs = cfg.n_head, cfg.n_kv_head, cfg.head_size
+        x0 = x
         for i, block in enumerate(m.blocks):
+            x = block.shortcut(x, x0)
             h = block.ln_1(x)
             q, k, v = F.linear(h, *self.qkv[i]).split([nh * hs, nkv * hs, nkv * hs], dim=-1)
             q = q.view(N, 1, nh, hs).transpose(1, 2)                       # (N, nh, 1, hs)

@@ -59,11 +59,21 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config, layer)
         self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
+        # x0_shortcut: the block reads a * x + b * x0, x0 the embeddings; learned, from (1, 0)
+        self.x0_mix = nn.Parameter(torch.tensor([1.0, 0.0])) if config.x0_shortcut else None
 
-    def forward(self, x, rope=None, cache=None):
+    def forward(self, x, x0, rope=None, cache=None):
+        x = self.shortcut(x, x0)
         x = x + self.attn(self.ln_1(x), rope, cache)  # the residual stream carries the signal on
         x = x + self.mlp(self.ln_2(x))
         return x
+
+    def shortcut(self, x, x0):
+        """With x0_shortcut, every block also sees the embeddings directly, not only what the
+        blocks below left of them in the residual stream."""
+        if self.x0_mix is None:
+            return x
+        return self.x0_mix[0] * x + self.x0_mix[1] * x0
 
 
 class GPT(nn.Module):
@@ -173,9 +183,9 @@ class GPT(nn.Module):
             x = x + self.wpe(positions)                                        # (T, C) broadcast
         # RoPE's angles at these positions, once for every layer: (cos, sin), each (T, hs/2)
         rope = self.rotary.cos_sin(positions) if self.rotary is not None else None
-        x = self.drop(self.ln_e(x))
+        x = x0 = self.drop(self.ln_e(x))
         for block in self.blocks:
-            x = block(x, rope, cache)
+            x = block(x, x0, rope, cache)
         if cache is not None:
             cache.advance(T)
         x = self.ln_f(x)

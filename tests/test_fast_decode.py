@@ -212,6 +212,7 @@ OPTIONS = {
     "zero_init": [dict(zero_init=True, tie_embeddings=False)],
     "tie_embeddings": [dict(tie_embeddings=False)],
     "logit_softcap": [dict(logit_softcap=3.0)],
+    "x0_shortcut": [dict(x0_shortcut=True), dict(x0_shortcut=True, embed_norm=True, pos_emb="rope")],
 }
 SAME_LOGITS = {"dropout", "attn_impl"}  # options that change how, not what, the model computes
 
@@ -224,9 +225,9 @@ def test_the_static_step_follows_every_model_option(field):
     base = run(decode(make(), idx, 12, temperature=0))[0]
     for kw in OPTIONS[field]:
         model = make(**kw)
-        with torch.no_grad():  # zero-initialised weights (zero_init, biases) get values: they count
+        with torch.no_grad():  # weights initialised with zeros (zero_init, biases, x0_mix) get values: they count
             for p in model.parameters():
-                if not p.any():
+                if not p.all():
                     p.normal_(generator=torch.Generator().manual_seed(p.numel()))
         want_l, want_t = run(decode(model, idx, 12, temperature=0))
         got_l, got_t = run(decode_static(model, idx, 12, temperature=0))
