@@ -44,8 +44,8 @@ from model import GPT
 from model.pretrained import from_pretrained, tokenizer_from_pretrained
 from training.config import TrainConfig, load_settings, model_config  # noqa: F401 (TrainConfig: for importers)
 from training.env import Phases, StepTimer, run_peak_flops, start_env
-from training.evaluate import ValWindows, evaluate
-from training.optim import lr_scale, make_optimizers, schedule_warnings, set_lr
+from training.evaluate import ValWindows, evaluate, val_label
+from training.optim import make_optimizers, schedule_warnings, set_schedule
 from training.runlog import NullLog, RunLog
 from training.state import Checkpoints, RunState, train_streams
 from training.stops import DivergenceWatch, Stopper
@@ -107,6 +107,7 @@ class Run:
     checkpoints: Checkpoints
     data_dir: Path
     val_windows: ValWindows | None
+    val_label: str               # what the val loss is measured over, for the log line
     tokens_per_iter: int
     resumed: bool
     phases: Phases               # wall seconds by phase, for the summary at the end
@@ -158,9 +159,9 @@ def setup(cfg: TrainConfig, ckpt: dict | None, env, phases: Phases) -> Run:
             f"{tokenizer.kind} tokenizer, vocab {meta['vocab_size']})")
     env.say(f"model: {raw_model.num_params() / 1e6:.2f}M parameters; {tokens_per_iter:,} tokens per step "
             f"({gas} x {cfg.batch_size} x {cfg.block_size}); out_dir: {out_dir}")
-    return Run(raw_model, model, train_model, optimizers, scaler, state, checkpoints, data_dir,
-               ValWindows(data_dir, meta, cfg, env) if cfg.eval_full_val else None, tokens_per_iter,
-               resumed=ckpt is not None, phases=phases)
+    val_windows = ValWindows(data_dir, meta, cfg, env) if cfg.eval_full_val else None
+    return Run(raw_model, model, train_model, optimizers, scaler, state, checkpoints, data_dir, val_windows,
+               val_label(val_windows, cfg, env), tokens_per_iter, resumed=ckpt is not None, phases=phases)
 
 
 def train(cfg: TrainConfig, env, run: Run, log, stopper: Stopper) -> int:
@@ -186,7 +187,7 @@ def train(cfg: TrainConfig, env, run: Run, log, stopper: Stopper) -> int:
                 losses = evaluate(run.model, run.data_dir, run.val_windows, cfg, env)
             best = losses["val"] < state.best_val_loss
             state.best_val_loss = min(state.best_val_loss, losses["val"])
-            log.eval(it, losses["train"], losses["val"], state.train_time, best and it > 0)
+            log.eval(it, losses["train"], losses["val"], state.train_time, best and it > 0, run.val_label)
             if it > 0:
                 last = cfg.always_save_checkpoint or it == cfg.max_iters
                 run.checkpoints.save(["last.pt"] * last + ["ckpt.pt"] * best, state, log.wandb_id)
@@ -210,8 +211,7 @@ def train(cfg: TrainConfig, env, run: Run, log, stopper: Stopper) -> int:
             return 128 + stopper.signal
 
         # one optimizer step, queued without waiting for the GPU
-        scale = lr_scale(it, cfg)
-        set_lr(run.optimizers, scale)
+        scale = set_schedule(run.optimizers, it, cfg)
         timer.start()
         loss = train_step(run, cfg, env, params)
         timer.stop()

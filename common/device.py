@@ -93,14 +93,15 @@ def native_bf16(device_type: str, cap: tuple[int, int] | None = None, cpu: dict 
 
 def default_dtype(device_type: str, cap: tuple[int, int] | None = None, use: str = "train",
                   cpu: dict | None = None) -> torch.dtype:
-    """What dtype=auto means. On CUDA the same for training and decoding: bf16 where native, fp16
-    on older GPUs (training then needs a GradScaler, which train.py turns on). On a CPU each use
-    as measured on one (docs/gpu.md): decoding in bf16 where the CPU computes it (the weights
-    are read once per token, and half the bytes is faster), training in float32 (autocast's
-    casts cost more than its matmuls save at this project's sizes). float32 elsewhere."""
+    """What dtype=auto means, for a use: "train" (the training steps), "eval" (the loss passes of
+    an evaluation, no backward) or "decode" (sampling). On CUDA the same for all three: bf16
+    where native, fp16 on older GPUs (training then needs a GradScaler, which train.py turns
+    on). On a CPU that computes bf16, as measured there (bench/bench_bf16.py, docs/gpu.md):
+    evaluation and decoding in bf16, the training steps in float32 (autocast's casts cost more
+    than its matmuls save at this project's sizes). float32 elsewhere."""
     if device_type == "cuda":
         return torch.bfloat16 if native_bf16(device_type, cap) else torch.float16
-    if use == "decode" and native_bf16(device_type, cap, cpu):
+    if use in ("eval", "decode") and native_bf16(device_type, cap, cpu):
         return torch.bfloat16
     return torch.float32
 

@@ -24,7 +24,7 @@ import torch
 from data import BatchLoader, load_meta, prepare, tokenizer_from_dict
 from model import GPT, GPTConfig, eval_mode
 from training.config import TrainConfig
-from training.optim import lr_scale, make_optimizers, set_lr
+from training.optim import make_optimizers, set_schedule
 from training.state import stream_seed
 
 DATASET = "shakespeare"
@@ -142,7 +142,7 @@ def train_arms(corpus: Corpus, arms: list[Arm], plan: Plan) -> list[Run]:
             x, y = train.next_batch()
             for _, run, opts in group:  # one step of each arm in turn, on the same batch
                 t = time.perf_counter()
-                set_lr(opts, lr_scale(step, cfg))
+                set_schedule(opts, step, cfg)
                 _, loss = run.model(x, y)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)

@@ -13,7 +13,7 @@ from common.errors import ConfigError
 from configs import available_configs, build, load_config_file
 from training.config import TrainConfig, load_settings
 from training.env import Phases, start_env
-from training.optim import lr_scale, make_optimizers
+from training.optim import MOMENTUM_START, lr_scale, make_optimizers, muon_momentum_at, set_schedule
 from model import GPT, GPTConfig
 from model.checkpoint import load_checkpoint, model_from_checkpoint
 from training.muon import Muon
@@ -35,6 +35,22 @@ def test_wsd_schedule():
     assert all(lr == 1.0 for lr in lrs[10:81])                       # stable until the cooldown
     assert lrs[90] == pytest.approx(0.5) and lrs[100] == 0.0 and lrs[109] == 0.0  # linear to min_lr
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+
+
+def test_muon_momentum_warms_up_then_holds():
+    c = TrainConfig(optimizer="muon", muon_momentum=0.95, muon_momentum_warmup=10, learning_rate=1.0,
+                    warmup_iters=0, decay_lr=False)
+    ramp = [muon_momentum_at(i, c) for i in range(15)]
+    assert ramp[0] == MOMENTUM_START and ramp[5] == pytest.approx((MOMENTUM_START + 0.95) / 2)
+    assert all(a < b for a, b in zip(ramp[:10], ramp[1:11])) and ramp[10:] == [0.95] * 5
+    assert muon_momentum_at(0, TrainConfig(muon_momentum=0.9)) == 0.9   # no warmup: constant
+    # set_schedule puts it in Muon's group (AdamW keeps its betas) with each group's lr
+    m = GPT(GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    muon, adamw = make_optimizers(m, c, torch.device("cpu"))
+    for it in (0, 5, 12):
+        assert set_schedule([muon, adamw], it, c) == lr_scale(it, c)
+        assert muon.param_groups[0]["momentum"] == muon_momentum_at(it, c)
+        assert "momentum" not in adamw.param_groups[0]
 
 
 def test_muon_groups_and_peaks():
@@ -116,7 +132,7 @@ def test_speedrun_options_train_resume_and_sample(corpus, tmp_path):
 
 def test_full_val_pass_is_exact(corpus, tmp_path):
     out = tmp_path / "out"
-    assert train.main(tiny(corpus, out, "--eval_full_val", "--max_iters=4")) == 0
+    assert train.main(tiny(corpus, out, "--eval_full_val", "--max_iters=4", "--dtype=float32")) == 0
     logged = records(out, "eval")[-1]["val_loss"]
     ckpt = load_checkpoint(out / "last.pt")
     model = model_from_checkpoint(ckpt).eval()

@@ -177,7 +177,7 @@ def test_resident_data_is_one_copy_per_process_shared_by_its_streams(corpus, tmp
 # evaluation
 
 def test_full_val_batches_keep_one_shape_and_the_loss_is_exact(corpus, tmp_path):
-    cfg = settings(corpus, tmp_path / "out", batch_size=7)
+    cfg = settings(corpus, tmp_path / "out", batch_size=7, dtype="float32")  # float32 evaluation: exact
     env = start_env(cfg)
     run = train.setup(cfg, None, env, Phases())
     from data import load_meta
@@ -193,6 +193,29 @@ def test_full_val_batches_keep_one_shape_and_the_loss_is_exact(corpus, tmp_path)
         x, y = windows.x[:windows.count], windows.y[:windows.count]
         want = torch.cat([model(x[i:i + 1], y[i:i + 1])[1].view(1) for i in range(len(x))]).double().mean()
     assert got == pytest.approx(want.item(), rel=1e-6)
+
+
+def test_evaluation_computes_in_its_own_dtype(corpus, tmp_path):
+    """dtype=auto evaluates in bf16 on a CPU that computes it (faster: bench/bench_bf16.py) while
+    the training steps stay in float32; the loss moves by far less than it tells, and the log line
+    says which dtype measured it."""
+    from common.device import default_dtype
+    from data import load_meta
+    from training.evaluate import val_label
+    cfg = settings(corpus, tmp_path / "out", eval_full_val=True)
+    env = start_env(cfg)
+    assert env.dtype == torch.float32 and env.eval_dtype == default_dtype("cpu", use="eval")
+    assert start_env(replace(cfg, dtype="float32")).eval_dtype == torch.float32  # asked for: both
+    run = train.setup(cfg, None, env, Phases())
+    windows = ValWindows(run.data_dir, load_meta(run.data_dir), cfg, env)
+    model = run.raw_model.eval()
+    f32 = RunEnv(torch.device("cpu"), torch.float32, False)
+    b16 = RunEnv(torch.device("cpu"), torch.float32, False, eval_dtype=torch.bfloat16)
+    exact, approx = windows.loss(model, f32), windows.loss(model, b16)
+    assert approx != exact and abs(approx - exact) < 5e-3 * exact
+    tokens = f"all {windows.count * cfg.block_size:,} val tokens"
+    assert val_label(windows, cfg, f32) == tokens and val_label(windows, cfg, b16) == tokens + ", bfloat16"
+    assert val_label(None, cfg, f32) == "3 random batches"
 
 
 # -----------------------------------------------------------------------------

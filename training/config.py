@@ -52,6 +52,7 @@ class TrainConfig:
     zero_init: bool = False             # residual output projections (and an untied head) start at 0
     tie_embeddings: bool = True         # the head shares the token embedding matrix
     logit_softcap: float = 0.0          # > 0: logits = c * tanh(logits / c)
+    x0_shortcut: bool = False           # every block also reads the embeddings, mixed in by two learned scalars
     # optimization
     batch_size: int = 64                # sequences per micro-batch (per process)
     gradient_accumulation_steps: int | None = None  # micro-batches per step over all processes; none = one per process
@@ -68,6 +69,7 @@ class TrainConfig:
     optimizer: Literal["adamw", "muon"] = "adamw"  # muon: Muon for the blocks' matrices, AdamW for the rest
     muon_lr: float = 0.02               # Muon's peak learning rate (the schedule scales it like learning_rate)
     muon_momentum: float = 0.95
+    muon_momentum_warmup: int = 0       # Muon's momentum rises linearly from 0.85 to muon_momentum over this many steps
     muon_weight_decay: float = 0.0      # Muon's own decoupled decay: a muon_lr*muon_weight_decay shrink per step; 0: decay did no better in the CPU speedrun (README, Speedrun)
     lr_schedule: Literal["cosine", "wsd"] = "cosine"  # wsd: warmup, stable, linear cooldown to min_lr
     cooldown_frac: float = 0.3          # wsd: the last fraction of the decay spent cooling down
@@ -91,7 +93,7 @@ class TrainConfig:
                      "gradient_accumulation_steps"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_iters", "warmup_iters", "lr_decay_iters"):
+        for name in ("max_iters", "warmup_iters", "lr_decay_iters", "muon_momentum_warmup"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 or more, got {getattr(self, name)}")
         for name in ("learning_rate", "min_lr", "weight_decay", "muon_weight_decay", "grad_clip"):

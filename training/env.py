@@ -39,10 +39,11 @@ def torchrun_ranks() -> tuple[int, int, int] | None:
 @dataclass
 class RunEnv:
     device: torch.device
-    dtype: torch.dtype            # the autocast dtype; float32 = no autocast
+    dtype: torch.dtype            # the autocast dtype of the training steps; float32 = no autocast
     compile: bool
     rank: int = 0
     world: int = 1
+    eval_dtype: torch.dtype | None = None  # evaluation's autocast dtype; None: the same as dtype
 
     @property
     def ddp(self) -> bool:
@@ -56,11 +57,13 @@ class RunEnv:
         if self.master:
             print(*args, **kwargs, flush=True)
 
-    def autocast(self):
-        """The forward in bf16/fp16 (the backward follows the forward's dtypes)."""
-        if self.dtype == torch.float32:
+    def autocast(self, dtype: torch.dtype | None = None):
+        """The forward in bf16/fp16 (the backward follows the forward's dtypes); dtype: another
+        one than the training steps' (evaluation's)."""
+        dtype = dtype or self.dtype
+        if dtype == torch.float32:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        return torch.autocast(self.device.type, dtype=dtype)
 
     def all_reduce(self, t: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
         if self.ddp:
@@ -84,7 +87,7 @@ def start_env(cfg) -> RunEnv:
     if dtype == torch.float16 and device.type != "cuda":
         raise ConfigError(f"dtype=float16 needs CUDA (a GradScaler); on {device.type} use float32 or bfloat16")
     compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
-    env = RunEnv(device, dtype, compile, rank, world)
+    env = RunEnv(device, dtype, compile, rank, world, eval_dtype=resolve_dtype(cfg.dtype, device, use="eval"))
     if env.ddp:
         if device.type == "cuda":
             torch.cuda.set_device(device)

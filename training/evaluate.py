@@ -31,7 +31,7 @@ def estimate_loss(model, data_dir, split: str, cfg, env) -> float:
     for k in range(cfg.eval_iters):
         x, y = loader.next_batch()  # every process draws every batch, so all stay in step
         if k % env.world == env.rank:
-            with env.autocast():
+            with env.autocast(env.eval_dtype):
                 total += model(x, y)[1].double()
     return env.all_reduce(total).item() / cfg.eval_iters
 
@@ -61,9 +61,17 @@ class ValWindows:
             if k % env.world == env.rank:
                 x, y = self.x[i:i + self.rows], self.y[i:i + self.rows]
                 real = min(self.rows, self.count - i)          # windows in this batch that are not padding
-                with env.autocast():
+                with env.autocast(env.eval_dtype):
                     total += model(x, y)[1].double() * real  # the mean over its real tokens, weighted
         return env.all_reduce(total).item() / self.count
+
+
+def val_label(val_windows: ValWindows | None, cfg, env) -> str:
+    """How the val loss is measured, for the log line: over which tokens, in which dtype."""
+    what = (f"all {val_windows.count * cfg.block_size:,} val tokens" if val_windows is not None
+            else f"{cfg.eval_iters} random batches")
+    dtype = env.eval_dtype or env.dtype
+    return what + ("" if dtype == torch.float32 else f", {str(dtype).removeprefix('torch.')}")
 
 
 def evaluate(model, data_dir, val_windows: ValWindows | None, cfg, env) -> dict:

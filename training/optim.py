@@ -59,10 +59,28 @@ def lr_scale(it: int, cfg) -> float:
     return floor + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (1 - floor)  # cosine: 1 -> floor
 
 
-def set_lr(optimizers: list, scale: float):
+MOMENTUM_START = 0.85  # where muon_momentum_warmup starts, as in modded-nanogpt's speedrun
+
+
+def muon_momentum_at(it: int, cfg) -> float:
+    """Muon's momentum at step it: from MOMENTUM_START up to muon_momentum, linearly over the first
+    muon_momentum_warmup steps, then constant. A shorter memory early on, while the gradients
+    turn fast, and the full one once they settle."""
+    if it >= cfg.muon_momentum_warmup:
+        return cfg.muon_momentum
+    return MOMENTUM_START + (cfg.muon_momentum - MOMENTUM_START) * it / cfg.muon_momentum_warmup
+
+
+def set_schedule(optimizers: list, it: int, cfg) -> float:
+    """Set every group's learning rate for step it (its peak_lr times lr_scale) and Muon's
+    momentum (muon_momentum_at); returns the scale."""
+    scale = lr_scale(it, cfg)
     for opt in optimizers:
         for group in opt.param_groups:
             group["lr"] = group["peak_lr"] * scale
+            if isinstance(opt, Muon):
+                group["momentum"] = muon_momentum_at(it, cfg)
+    return scale
 
 
 def schedule_warnings(cfg) -> list[str]:

@@ -103,11 +103,13 @@ class RunLog:
             print(f"iter {it}: {line}", flush=True)
         self.bar.set_postfix_str(line, refresh=False)
 
-    def eval(self, it: int, train_loss: float, val_loss: float, train_time: float, best: bool):
+    def eval(self, it: int, train_loss: float, val_loss: float, train_time: float, best: bool, how: str = ""):
+        """how: what the val loss was measured over (training/evaluate.py val_label)."""
         self.record({"kind": "eval", "iter": it, "train_loss": train_loss, "val_loss": val_loss,
                      "train_time": train_time})
+        notes = [how] * bool(how) + ["best, saved ckpt.pt"] * best
         self.say(f"step {it}: train loss {train_loss:.4f}, val loss {val_loss:.4f}"
-                 + (" (best, saved ckpt.pt)" if best else ""))
+                 + (f" ({'; '.join(notes)})" if notes else ""))
         train, evals, _ = read_metrics(self.path)
         atomic_write(self.svg, loss_svg(train, evals, title=self.title, standalone=True))
 
