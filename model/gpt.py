@@ -228,10 +228,3 @@ class GPT(nn.Module):
         """Return idx (B, T) followed by max_new_tokens sampled tokens, shape (B * num_samples, T + new).
         Keyword arguments as in model.generate.decode."""
         return generate(self, idx, max_new_tokens, **kwargs)
-
-    @classmethod
-    def from_pretrained(cls, name_or_path, **options) -> "GPT":
-        """OpenAI's GPT-2 weights in this model: "gpt2" (or -medium, -large, -xl) or a Hugging Face
-        folder. How their tensors map onto ours: model/pretrained.py."""
-        from .pretrained import from_pretrained  # imported here: pretrained.py imports this file
-        return from_pretrained(name_or_path, **options)

@@ -124,7 +124,7 @@ def prompt_and_greedy(hf):
 @pytest.mark.parametrize("path", ["cached", "uncached", "static"])
 def test_greedy_tokens_match_transformers_generate(folders, prompt_and_greedy, path):
     prompt, want, want_logits = prompt_and_greedy
-    model = GPT.from_pretrained(folders["safetensors"])  # the classmethod delegates to pretrained.py
+    model = from_pretrained(folders["safetensors"])
     if path == "static":
         steps = decode_static(model, prompt, 40, temperature=0)
     else:
