@@ -52,7 +52,7 @@ from common.device import capability, native_bf16  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from model.fast_decode import StaticDecoder  # noqa: E402
 from model.generate import decode  # noqa: E402
-from training.runlog import read_records  # noqa: E402
+from viz.metrics import read_records  # noqa: E402
 
 # model shapes: the shakespeare_char model on a GPU; on a CPU (a smoke run) a small one
 SHAPES = {"cuda": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from training.evaluate import exact_val_loss  # noqa: E402
-from training.runlog import read_records  # noqa: E402
+from viz.metrics import read_records  # noqa: E402
 
 
 def run_ours(config: str, seed: int, args, extra: list[str]) -> dict:

@@ -19,7 +19,8 @@ import viz.attention_page as ap
 import viz.loss_plot as lp
 from data import tokenizer_from_dict
 from model import GPT, GPTConfig, causal_mask
-from viz.attention_page import AttentionPageError, SCALE, read_metrics, write_attention_page
+from viz.attention_page import AttentionPageError, SCALE, write_attention_page
+from viz.metrics import read_metrics
 from model.checkpoint import save_checkpoint
 
 TEXT = "To be, or not to be: that is"  # 28 characters, inside block_size 32
