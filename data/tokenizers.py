@@ -26,7 +26,7 @@ import tempfile
 import tiktoken
 from tiktoken_ext.openai_public import r50k_pat_str as GPT2_PATTERN  # GPT-2's pre-split regex
 
-from . import DataError
+from common.errors import DataError
 
 MIN_BPE_VOCAB = 260  # 256 byte tokens + a few merges; less is not a BPE worth the name
 MAX_BPE_VOCAB = 1 << 20
