@@ -1,4 +1,4 @@
-"""The speedrun as a user lives it: whole-process wall time to a checkpoint at a target val loss,
+r"""The speedrun as a user lives it: whole-process wall time to a checkpoint at a target val loss,
 side by side with other recipes, over seeds.
 
     python bench/speedrun.py --configs cpu_tinyshakespeare speedrun_cpu --seeds 0 1 2 \
