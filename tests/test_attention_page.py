@@ -306,7 +306,7 @@ def test_sample_cli_writes_the_page(tmp_path):
     write_metrics(tmp_path / "metrics.jsonl")
     page = tmp_path / "attention.html"
     r = run_sample(f"--out_dir={tmp_path}", "--prompt=To be", "--max_new_tokens=12", "--temperature=0",
-                   f"--attention_html={page}")
+                   f"--attention_html={page}", "--dtype=float32")  # the float32 model's weights, below
     assert r.returncode == 0, r.stderr
     assert f"attention page: {page}" in r.stderr
     data = embedded(page)
