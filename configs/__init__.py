@@ -324,7 +324,9 @@ def field_comments(cls) -> dict:
 
 
 def print_help(cls, fields, values, source, prog, description, config_file=True):
-    comments = field_comments(cls)
+    comments = {}
+    for klass in reversed(cls.__mro__[:-1]):  # a field's comment is in the class that declares it
+        comments.update(field_comments(klass))
     helps = {f.name: f.metadata.get("help") or comments.get(f.name, "") for f in dataclasses.fields(cls)}
     rows = []
     for key, (tp, default) in fields.items():

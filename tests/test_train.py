@@ -69,8 +69,6 @@ def test_shipped_configs_build():
     assert (c.learning_rate, c.warmup_iters, c.min_lr, c.decay_iters, c.max_iters, c.beta2) == \
         (1e-3, 100, 1e-4, 5000, 5000, 0.99)
     assert c.dataset == "tinyshakespeare" and c.tokenizer == "char"
-    # the GPU default spelled out: configs/shakespeare.toml is exactly the dataclass defaults
-    assert build(TrainConfig, load_config_file(TrainConfig, "shakespeare")) == TrainConfig()
 
 
 def test_window_cpu_is_the_cpu_run_with_rope_and_a_window():
@@ -82,6 +80,11 @@ def test_window_cpu_is_the_cpu_run_with_rope_and_a_window():
 
 
 def test_no_arguments_picks_a_config_for_the_machine(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU: configs/shakespeare.toml
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    cfg, ckpt, origin = load_settings([])
+    assert ckpt is None and "configs/shakespeare.toml" in origin and cfg.dropout == 0.2
+    assert cfg == build(TrainConfig, load_config_file(TrainConfig, "shakespeare"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cfg, ckpt, origin = load_settings([])
     assert ckpt is None and "configs/cpu.toml" in origin

@@ -1,7 +1,8 @@
 """Every setting of a training run, in one typed dataclass, and where a run's settings come from.
 
 Layers, later wins:
-    TrainConfig's defaults  <  configs/cpu.toml (no config file given and no GPU)
+    TrainConfig's defaults  <  no config file given: configs/shakespeare.toml on a GPU,
+                               configs/cpu.toml without one
                             or the checkpoint's own settings (--init_from=resume)
                             <  the config file  <  --key=value
 """
@@ -13,12 +14,12 @@ from typing import Literal
 from common.device import resolve_device
 from common.errors import ConfigError
 from configs import build, load_config_file, read_args
-from model import GPTConfig
 from model.checkpoint import CheckpointError, load_checkpoint
+from model.config import GPTConfig, ModelSettings
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ModelSettings):  # the model's settings are ModelSettings' fields (model/config.py)
     # I/O
     out_dir: str = "out"                # checkpoints (ckpt.pt best, last.pt latest), metrics.jsonl, loss.svg
     init_from: str = "scratch"          # scratch; resume (continue out_dir/last.pt exactly); or GPT-2's weights: gpt2, gpt2-medium, gpt2-large, gpt2-xl or a Hugging Face GPT-2 folder
@@ -32,26 +33,6 @@ class TrainConfig:
     tokenizer_vocab_size: int | None = None  # bpe only; none = data's default (2048)
     data_source: str | None = None      # a local copy of tinyshakespeare's input.txt (no download)
     data_root: str | None = None        # where prepared datasets live; none = data/prepared
-    # model: every GPTConfig field but vocab_size, which the data decides (model/config.py)
-    n_layer: int = 6
-    n_head: int = 6
-    n_kv_head: int | None = None        # none = n_head (MHA); fewer = grouped-query, 1 = multi-query
-    n_embd: int = 384
-    block_size: int = 256               # context length in tokens
-    dropout: float = 0.2
-    bias: bool = False                  # biases in Linear and LayerNorm layers
-    pos_emb: Literal["learned", "rope"] = "learned"
-    rope_base: float = 10000.0          # RoPE's frequency base
-    attn_impl: Literal["sdpa", "explicit"] = "sdpa"
-    attn_window: int = 0                # > 0: each token sees its last attn_window tokens only (with rope, sampling runs past block_size)
-    # model options from the speedrun line of work (configs/speedrun*.toml); defaults = GPT-2's
-    norm: Literal["layernorm", "rmsnorm"] = "layernorm"  # rmsnorm: parameter-free
-    embed_norm: bool = False            # a norm right after the embedding
-    qk_norm: bool = False               # RMS-normalise q and k per head
-    mlp_act: Literal["gelu", "relu2", "gelu_tanh"] = "gelu"  # relu2: ReLU squared; gelu_tanh: GPT-2's approximation
-    zero_init: bool = False             # residual output projections (and an untied head) start at 0
-    tie_embeddings: bool = True         # the head shares the token embedding matrix
-    logit_softcap: float = 0.0          # > 0: logits = c * tanh(logits / c)
     # optimization
     batch_size: int = 64                # sequences per micro-batch (per process)
     gradient_accumulation_steps: int | None = None  # micro-batches per step over all processes; none = one per process
@@ -117,8 +98,7 @@ class TrainConfig:
         return self.max_iters if self.lr_decay_iters is None else self.lr_decay_iters
 
 
-# the model's settings are GPTConfig's fields (vocab_size comes from the data)
-MODEL_FIELDS = tuple(f.name for f in fields(GPTConfig) if f.name != "vocab_size")
+MODEL_FIELDS = tuple(f.name for f in fields(ModelSettings))  # GPTConfig's but vocab_size, which the data decides
 # what a resumed run must keep: the model's shape and its data. Dropout and the attention path
 # may change, since they compute with the same weights.
 LOCKED = tuple(k for k in MODEL_FIELDS if k not in ("dropout", "attn_impl")) + \
@@ -130,7 +110,7 @@ def model_config(cfg: TrainConfig, vocab_size: int) -> GPTConfig:
 
 
 DESCRIPTION = """Train a GPT. With no config file the defaults are sized for the machine: the full
-run below on a GPU, configs/cpu.toml (a few minutes on two cores) without one."""
+configs/shakespeare.toml on a GPU, configs/cpu.toml (a few minutes on two cores) without one."""
 
 
 def load_settings(argv: list[str]) -> tuple[TrainConfig, dict | None, str]:
@@ -138,10 +118,12 @@ def load_settings(argv: list[str]) -> tuple[TrainConfig, dict | None, str]:
     path, values = read_args(TrainConfig, argv, prog="train.py", description=DESCRIPTION, base=machine_default)
     if values.get("init_from") == "resume":
         return resume_settings(path, values)
-    origin = f"config: {path}" if path else "config: the defaults (configs/shakespeare.toml)"
-    if machine_default(path, values)[0]:
-        origin = "config: configs/cpu.toml, the CPU-sized default (no GPU in use; on a GPU " \
-                 "`python train.py` runs the full configs/shakespeare.toml)"
+    origin = f"config: {path}"
+    if path is None:
+        origin = "config: configs/shakespeare.toml, the default on a GPU"
+        if machine_default(path, values)[1] == "cpu.toml":
+            origin = "config: configs/cpu.toml, the CPU-sized default (no GPU in use; on a GPU " \
+                     "`python train.py` runs the full configs/shakespeare.toml)"
     cfg = build(TrainConfig, values)
     if cfg.pretrained:
         origin += f", the model's shape from {cfg.init_from}"
@@ -165,15 +147,17 @@ def pretrained_settings(cfg: TrainConfig) -> TrainConfig:
 
 
 def machine_default(path, values: dict) -> tuple[dict, str | None]:
-    """The layer under a run's settings when no config file is given: configs/cpu.toml where no
-    GPU will run (the full default would take hours on a CPU), nothing on a GPU or on resume."""
+    """The layer under a run's settings when no config file is given: configs/shakespeare.toml on
+    a GPU, configs/cpu.toml where no GPU will run (the full run would take hours on a CPU);
+    nothing on resume."""
     if path is not None or values.get("init_from") == "resume":
         return {}, None
     try:
         on_gpu = resolve_device(values.get("device", "auto")).type == "cuda"
     except ConfigError:
         on_gpu = False  # a bad --device is reported when the run starts
-    return ({}, None) if on_gpu else (load_config_file(TrainConfig, "cpu"), "cpu.toml")
+    name = "shakespeare" if on_gpu else "cpu"
+    return load_config_file(TrainConfig, name), f"{name}.toml"
 
 
 def resume_settings(path, values: dict):
