@@ -44,22 +44,27 @@ SEPARATOR = "---------------"
 
 @dataclass
 class SampleConfig:
+    # -- what to sample from --
     out_dir: str = "out"             # the training run's folder (train.py --out_dir)
     ckpt: str = "ckpt.pt"            # checkpoint in out_dir: ckpt.pt (best val loss) or last.pt (latest)
     init_from: str | None = None     # instead of a run: GPT-2's weights, gpt2, gpt2-medium, gpt2-large, gpt2-xl or a Hugging Face GPT-2 folder
+    # -- the prompt --
     prompt: str = ""                 # text to continue; empty = start from a newline
     prompt_file: str | None = None   # read the prompt from this UTF-8 file instead
+    # -- sampling --
     num_samples: int = 1             # continuations of the prompt, generated together as one batch
     max_new_tokens: int = 500        # tokens per sample; more than block_size is fine
     temperature: float = 0.8         # 0 = greedy (argmax); below 1 safer, above 1 wilder
     top_k: int | None = 200          # sample among the k likeliest tokens only (none = all)
     top_p: float | None = None       # nucleus: the likeliest tokens holding this much probability, in (0, 1]
     seed: int = 1337                 # same seed, same settings: same text
+    # -- decoding and system --
     device: str = "auto"             # auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bfloat16 where the GPU or CPU computes it natively, float16 on older GPUs, float32 elsewhere
     use_cache: bool = True           # false: recompute the whole context for every token (slow reference)
     fast: Literal["auto", "true", "false"] = "auto"  # static cache + CUDA graph; auto = on CUDA only
     compile: bool = False            # torch.compile the fast decode step (faster steps, slow start)
+    # -- output --
     attention_html: str | None = None  # also write the attention page of the first sample to this file
 
 

@@ -15,6 +15,7 @@ from common.errors import ConfigError
 
 @dataclass
 class ModelSettings:
+    # -- model --
     block_size: int = 256       # longest context the model ever sees, in tokens
     n_layer: int = 6            # transformer blocks
     n_head: int = 6             # query heads

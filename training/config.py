@@ -7,64 +7,64 @@ Layers, later wins:
                             <  the config file  <  --key=value
 """
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal
 
 from common.device import resolve_device
 from common.errors import ConfigError
-from configs import build, load_config_file, read_args
+from configs import HIDDEN, build, load_config_file, read_args
 from model.checkpoint import CheckpointError, load_checkpoint
 from model.config import GPTConfig, ModelSettings
 
 
 @dataclass
 class TrainConfig(ModelSettings):  # the model's settings are ModelSettings' fields (model/config.py)
-    # I/O
+    # -- data --
+    dataset: str = "shakespeare"        # shakespeare (offline), tinyshakespeare, or a .txt file / folder
+    tokenizer: Literal["char", "gpt2", "bpe"] = "char"  # characters, GPT-2's BPE, or a BPE trained on the corpus
+    tokenizer_vocab_size: int | None = None  # bpe only; none = data's default (2048)
+    data_source: str | None = None      # a local copy of tinyshakespeare's input.txt (no download)
+    data_root: str | None = field(default=None, metadata=HIDDEN)  # where prepared datasets live; none = data/prepared
+    # -- optimizer and schedule --
+    batch_size: int = 64                # sequences per micro-batch (per process)
+    gradient_accumulation_steps: int | None = None  # micro-batches per step over all processes; none = one per process
+    max_iters: int = 5000               # optimizer steps in all
+    optimizer: Literal["adamw", "muon"] = "adamw"  # muon: Muon for the blocks' matrices, AdamW for the rest
+    learning_rate: float = 1e-3         # peak, reached after warmup
+    weight_decay: float = 0.1           # AdamW's, on matrices only (Muon's matrices: muon_weight_decay)
+    beta1: float = 0.9                  # AdamW's momentum
+    beta2: float = 0.99                 # AdamW's decay of the squared gradients' average
+    grad_clip: float = 1.0              # clip the gradient's global norm to this; 0 = off
+    muon_lr: float = 0.02               # Muon's peak learning rate (the schedule scales it like learning_rate)
+    muon_momentum: float = 0.95         # Muon's momentum
+    muon_weight_decay: float = 0.0      # Muon's own decoupled decay: a muon_lr*muon_weight_decay shrink per step; 0: decay did no better in the CPU speedrun (README, Speedrun)
+    decay_lr: bool = True               # false: constant learning_rate
+    lr_schedule: Literal["cosine", "wsd"] = "cosine"  # wsd: warmup, stable, linear cooldown to min_lr
+    warmup_iters: int = 100             # linear warmup from ~0 to learning_rate
+    lr_decay_iters: int | None = None   # the decay ends here; none = max_iters
+    min_lr: float = 1e-4                # after decay (usually learning_rate / 10)
+    cooldown_frac: float = 0.3          # wsd: the last fraction of the decay spent cooling down
+    # -- evaluation and checkpoints --
     out_dir: str = "out"                # checkpoints (ckpt.pt best, last.pt latest), metrics.jsonl, loss.svg
     init_from: str = "scratch"          # scratch; resume (continue out_dir/last.pt exactly); or GPT-2's weights: gpt2, gpt2-medium, gpt2-large, gpt2-xl or a Hugging Face GPT-2 folder
     eval_interval: int = 250            # evaluate (and write last.pt) every this many steps
     eval_iters: int = 200               # batches per split in each evaluation
-    log_interval: int = 10              # a metrics line every this many steps
+    eval_full_val: bool = False         # val loss from one exact pass over the whole val split
+    eval_at_start: bool = True          # also evaluate before the first step (false: a speedrun's seconds)
     always_save_checkpoint: bool = True  # write last.pt at every eval (false: only at the end)
-    # data
-    dataset: str = "shakespeare"        # shakespeare (offline), tinyshakespeare, or a .txt file / folder
-    tokenizer: Literal["char", "gpt2", "bpe"] = "char"
-    tokenizer_vocab_size: int | None = None  # bpe only; none = data's default (2048)
-    data_source: str | None = None      # a local copy of tinyshakespeare's input.txt (no download)
-    data_root: str | None = None        # where prepared datasets live; none = data/prepared
-    # optimization
-    batch_size: int = 64                # sequences per micro-batch (per process)
-    gradient_accumulation_steps: int | None = None  # micro-batches per step over all processes; none = one per process
-    learning_rate: float = 1e-3         # peak, reached after warmup
-    max_iters: int = 5000               # optimizer steps in all
-    warmup_iters: int = 100             # linear warmup from ~0 to learning_rate
-    lr_decay_iters: int | None = None   # the decay ends here; none = max_iters
-    min_lr: float = 1e-4                # after decay (usually learning_rate / 10)
-    decay_lr: bool = True               # false: constant learning_rate
-    weight_decay: float = 0.1           # AdamW's, on matrices only (Muon's matrices: muon_weight_decay)
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0              # clip the gradient's global norm to this; 0 = off
-    optimizer: Literal["adamw", "muon"] = "adamw"  # muon: Muon for the blocks' matrices, AdamW for the rest
-    muon_lr: float = 0.02               # Muon's peak learning rate (the schedule scales it like learning_rate)
-    muon_momentum: float = 0.95
-    muon_weight_decay: float = 0.0      # Muon's own decoupled decay: a muon_lr*muon_weight_decay shrink per step; 0: decay did no better in the CPU speedrun (README, Speedrun)
-    lr_schedule: Literal["cosine", "wsd"] = "cosine"  # wsd: warmup, stable, linear cooldown to min_lr
-    cooldown_frac: float = 0.3          # wsd: the last fraction of the decay spent cooling down
-    # system
+    stop_at_val_loss: float | None = field(default=None, metadata=HIDDEN)  # stop as soon as an eval reaches this val loss
+    # -- system --
     device: str = "auto"                # auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 where the GPU has it, fp16 on older GPUs, fp32 off CUDA
     compile: bool | None = None         # torch.compile the model; none = on CUDA only
-    seed: int = 1337
+    seed: int = 1337                    # the weights' init, the batches and dropout follow from it
     data_on_device: bool = False        # keep the train split on the device (one copy per process), gather batches there
-    eval_full_val: bool = False         # val loss from one exact pass over the whole val split
-    eval_at_start: bool = True          # also evaluate before the first step (false: a speedrun's seconds)
-    stop_at_val_loss: float | None = None  # stop as soon as an eval reaches this val loss
+    # -- logging --
+    log_interval: int = 10              # a metrics line every this many steps
     peak_flops: float | None = None     # the device's peak FLOP/s for MFU; none = known GPUs only
-    # logging
     wandb_log: bool = False             # log to Weights & Biases (WANDB_MODE=offline works)
-    wandb_project: str = "qkvgpt"
+    wandb_project: str = "qkvgpt"       # the Weights & Biases project
     wandb_run_name: str | None = None   # none = out_dir and the start time
 
     def __post_init__(self):
