@@ -6,14 +6,12 @@
     python sample.py --init_from=gpt2 --prompt="Hello, I am"   # OpenAI's GPT-2 (pip install -e ".[gpt2]")
 
 Everything comes from the checkpoint: the model's shape, its weights and its tokenizer.
-Three ways to decode, one past-block_size policy (model/generate.py), the same tokens:
+Three ways to decode, the same tokens, past block_size too (one policy for all three:
+visible_context in model/generate.py):
   --use_cache=false   recompute the whole context for every token (nanoGPT's way, the reference)
   --fast=false        the KV cache: only the new token runs through the model each step
   --fast=auto         on CUDA, a static cache and a decode step replayed as a CUDA graph
                       (model/fast_decode.py); elsewhere the same as --fast=false
-A model trained with a sliding window (attn_window) and rotary positions reads the whole
-prompt and decodes past block_size without ever cutting its context: its KV cache is a ring
-of attn_window slots per layer (a rolling cache), on every path.
 The fast path checks itself before the first token (StaticDecoder.verify); if it fails, one
 `warning:` line says so and the plain KV cache decodes instead: the same text, only slower.
 The samples go to stdout, one after another, each followed by a line of dashes; the figures
@@ -36,7 +34,7 @@ from data import DataError
 from model.checkpoint import load_run
 from model.pretrained import load_pretrained
 from model.fast_decode import DecodeCheckError, StaticDecoder
-from model.generate import check_sampling, decode
+from model.generate import check_sampling, decode, visible_context
 from viz.attention_page import write_attention_page
 
 SEPARATOR = "---------------"
@@ -210,9 +208,9 @@ def sample(cfg: SampleConfig, out=None, err=None) -> list[list[int]]:
     out.flush()
 
     n = cfg.num_samples * cfg.max_new_tokens
-    cut = ""
-    if len(prompt_ids) > bs and not model.config.rolling:  # a rolling model reads all of it
-        cut = f" (longer than block_size {bs}: the model sees its last {bs})"
+    cut, seen = "", visible_context(len(prompt_ids), model.config, bs)
+    if seen < len(prompt_ids):
+        cut = f" (longer than block_size {bs}: the model sees its last {seen})"
     print(f"prompt: {len(prompt_ids)} tokens{cut}", file=err)
     print(f"generated: {cfg.num_samples} x {cfg.max_new_tokens} = {n} tokens in {elapsed:.2f} s, "
           f"{n / max(elapsed, 1e-9):,.0f} tokens/s", file=err)

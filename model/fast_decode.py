@@ -46,7 +46,8 @@ import torch.nn.functional as F
 from torch.nn.attention import sdpa_kernel
 
 from .attention import position_mask, rms_norm, rotate
-from .generate import DECODE_BACKENDS, check_generate_args, eval_mode, prefill, sample_next
+from .generate import (DECODE_BACKENDS, check_generate_args, eval_mode, prefill, sample_next,
+                       visible_context)
 from .kv_cache import KVCache, RollingKVCache
 
 # verify(): how far the replayed / compiled step's logits may be from the eager step's, as a
@@ -305,13 +306,12 @@ class StaticDecoder:
     def decode(self, idx, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None,
                generator=None, seed=None, num_samples=1, keep=None):
         """Like model.generate.decode(use_cache=True): yield (logits (N, V), next token (N,))
-        per new token, with the same past-block_size policy (cut to the last `keep` tokens and
-        prefill them again; a ring takes the whole prompt and never does)."""
-        bs = self.config.block_size
-        keep, generator = check_generate_args(idx, max_new_tokens, temperature, top_k, top_p,
-                                              num_samples, keep, bs, generator, seed)
+        per new token, past block_size as model.generate.visible_context says."""
+        cfg = self.config
+        generator = check_generate_args(idx, max_new_tokens, temperature, top_k, top_p,
+                                        num_samples, keep, cfg.block_size, generator, seed)
         with eval_mode(self.model), torch.no_grad():
-            tokens = idx if self.ring else idx[:, -bs:]                 # what the model can see
+            tokens = idx[:, -visible_context(idx.size(1), cfg, cfg.block_size):]  # what it sees
             logits = self.prefill(tokens, num_samples)
             tokens = tokens.repeat_interleave(num_samples, dim=0)       # (N, T)
             since = []  # tokens picked since the last prefill, each (N,); joined only when needed
@@ -320,16 +320,15 @@ class StaticDecoder:
                 yield logits.clone(), nxt   # clone: the next replay overwrites the buffer
                 if step == max_new_tokens - 1:
                     break
-                if self.ring:                       # never full: no cut, no prefill again
-                    logits = self.step(nxt)
-                    continue
-                since.append(nxt)
-                if self.filled == self.max_len:
-                    # the window is full: keep its last `keep` tokens and prefill them afresh
-                    tokens = torch.cat([tokens, torch.stack(since, dim=1)], dim=1)[:, -keep:]
-                    since = []
+                T = self.filled + 1                                     # the context, nxt included
+                seen = visible_context(T, cfg, keep)
+                if seen < T:                                            # cut: prefill afresh
+                    tokens = torch.cat([tokens, *[t[:, None] for t in since], nxt[:, None]], dim=1)
+                    tokens, since = tokens[:, -seen:], []
                     logits = self.prefill(tokens)
                 else:
+                    if not self.ring:  # a ring is never cut: its tokens are never needed again
+                        since.append(nxt)
                     logits = self.step(nxt)
 
 
