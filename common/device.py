@@ -93,9 +93,10 @@ def native_bf16(device_type: str, cap: tuple[int, int] | None = None, cpu: dict 
 
 def default_dtype(device_type: str, cap: tuple[int, int] | None = None, use: str = "train",
                   cpu: dict | None = None) -> torch.dtype:
-    """What dtype=auto means. On CUDA the same for training and decoding: bf16 where native, fp16
-    on older GPUs (training then needs a GradScaler, which train.py turns on). On a CPU each use
-    as measured on one (docs/gpu.md): decoding in bf16 where the CPU computes it (the weights
+    """What dtype=auto means: the one rule, which every setting, script and document points to.
+    On CUDA the same for training and decoding: bf16 where native, fp16 on older GPUs (training
+    then needs a GradScaler, which train.py turns on). On a CPU each use as it runs best there
+    (bench/bench_bf16.py measures it): decoding in bf16 where the CPU computes it (the weights
     are read once per token, and half the bytes is faster), training in float32 (autocast's
     casts cost more than its matmuls save at this project's sizes). float32 elsewhere."""
     if device_type == "cuda":

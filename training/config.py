@@ -56,7 +56,7 @@ class TrainConfig(ModelSettings):  # the model's settings are ModelSettings' fie
     stop_at_val_loss: float | None = field(default=None, metadata=HIDDEN)  # stop as soon as an eval reaches this val loss
     # -- system --
     device: str = "auto"                # auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 where the GPU has it, fp16 on older GPUs, fp32 off CUDA
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: the device's rule for training (common/device.py, default_dtype)
     compile: bool | None = None         # torch.compile the model; none = on CUDA only
     seed: int = 1337                    # the weights' init, the batches and dropout follow from it
     data_on_device: bool = False        # keep the train split on the device (one copy per process), gather batches there
