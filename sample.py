@@ -21,7 +21,7 @@ The samples go to stdout, one after another, each followed by a line of dashes; 
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -31,6 +31,7 @@ from common.device import resolve_device, resolve_dtype
 from common.errors import ConfigError, UserError
 from configs import parse_config
 from data import DataError
+from data.tokenizers import HUB_NAMES
 from model.checkpoint import load_run
 from model.pretrained import load_pretrained
 from model.fast_decode import DecodeCheckError, StaticDecoder
@@ -45,7 +46,7 @@ class SampleConfig:
     # -- what to sample from --
     out_dir: str = "out"             # the training run's folder (train.py --out_dir)
     ckpt: str = "ckpt.pt"            # checkpoint in out_dir: ckpt.pt (best val loss) or last.pt (latest)
-    init_from: str | None = None     # instead of a run: GPT-2's weights, gpt2, gpt2-medium, gpt2-large, gpt2-xl or a Hugging Face GPT-2 folder
+    init_from: str | None = field(default=None, metadata={"help": f"instead of a run: GPT-2's weights, {', '.join(HUB_NAMES)} or a Hugging Face GPT-2 folder"})
     # -- the prompt --
     prompt: str = ""                 # text to continue; empty = start from a newline
     prompt_file: str | None = None   # read the prompt from this UTF-8 file instead

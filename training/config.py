@@ -14,6 +14,7 @@ from typing import Literal
 from common.device import resolve_device
 from common.errors import ConfigError
 from configs import HIDDEN, build, load_config_file, read_args
+from data.tokenizers import HUB_NAMES
 from model.checkpoint import CheckpointError, load_checkpoint
 from model.config import GPTConfig, ModelSettings
 
@@ -47,7 +48,7 @@ class TrainConfig(ModelSettings):  # the model's settings are ModelSettings' fie
     cooldown_frac: float = 0.3          # wsd: the last fraction of the decay spent cooling down
     # -- evaluation and checkpoints --
     out_dir: str = "out"                # checkpoints (ckpt.pt best, last.pt latest), metrics.jsonl, loss.svg
-    init_from: str = "scratch"          # scratch; resume (continue out_dir/last.pt exactly); or GPT-2's weights: gpt2, gpt2-medium, gpt2-large, gpt2-xl or a Hugging Face GPT-2 folder
+    init_from: str = field(default="scratch", metadata={"help": f"scratch; resume (continue out_dir/last.pt exactly); or GPT-2's weights: {', '.join(HUB_NAMES)} or a Hugging Face GPT-2 folder"})
     eval_interval: int = 250            # evaluate (and write last.pt) every this many steps
     eval_iters: int = 200               # batches per split in each evaluation
     eval_full_val: bool = False         # val loss from one exact pass over the whole val split
