@@ -253,7 +253,7 @@ def check_torchrun(c, args):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", help="auto (cuda if there is a GPU), cuda, cuda:N or cpu")
-    p.add_argument("--quick", action="store_true", help="on the CPU: skip the compiled self-check (~20 s cold)")
+    p.add_argument("--quick", action="store_true", help="on the CPU: skip the compiled self-check (the slowest check, compiling)")
     p.add_argument("--out", default=None, help="JSON path; default bench/results/gpu_check-<device>.json")
     args = p.parse_args(argv)
     if args.device == "auto":

@@ -23,11 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-# The SDPA kernels a one-token decode step may use: never cuDNN's, which has been reported to
-# corrupt GQA decoding silently on new GPUs (B200, sm_100: greedy outputs change, no error),
-# https://github.com/pytorch/pytorch/issues/193893 . With one query the kernel choice costs next
-# to nothing. Pinned once per decode step around the whole forward (not per layer: entering
-# sdpa_kernel takes ~20 us of Python, as long as a small one-query attention itself on a CPU).
+# The SDPA kernels a one-token decode step may use: never cuDNN's, reported to corrupt GQA
+# decoding silently on new GPUs (https://github.com/pytorch/pytorch/issues/193893). With one
+# query the kernel choice costs next to nothing. Pinned once per decode step around the whole
+# forward, not per layer: entering sdpa_kernel is Python work on the scale of a small attention.
 DECODE_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 

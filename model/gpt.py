@@ -111,7 +111,7 @@ class GPT(nn.Module):
                     nn.init.normal_(linear.weight, std=resid_std)
         if cfg.zero_init and not cfg.tie_embeddings:
             nn.init.zeros_(self.lm_head.weight)
-        else:  # tied, this is the token table drawn once more: kept so seeded runs stay as they were
+        else:  # tied: the token table is drawn again here; every seeded run follows this order of draws
             nn.init.normal_(self.lm_head.weight, std=std)
         for module in self.modules():  # biases start at 0 (norm gains keep their 1)
             if isinstance(module, nn.Linear) and module.bias is not None:

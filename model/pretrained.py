@@ -1,14 +1,8 @@
 """GPT-2's published weights in our model, and our model back out in GPT-2's format.
 
-OpenAI's GPT-2 is the model in gpt.py with these options, so loading it is only renaming and
-reshaping tensors:
-    pos_emb="learned"     a (n_positions, C) table of positions, n_positions -> block_size (1024)
-    bias=True             every Linear and LayerNorm has a bias
-    norm="layernorm"      eps 1e-5, our NORM_EPS (config.json: layer_norm_epsilon)
-    mlp_act="gelu_tanh"   GELU through its tanh approximation ("gelu_new"), a 4C hidden layer
-    tie_embeddings=True   the head is the token table
-    n_kv_head = n_head    plain multi-head attention, scores scaled by 1/sqrt(head_size)
-    vocab_size 50257, dropout 0 here (it trained with 0.1; pass dropout= to fine-tune)
+OpenAI's GPT-2 is the model in gpt.py with GPT-2's options (config_from_hf: learned positions,
+biases, LayerNorm, the tanh GELU, a tied head, plain multi-head attention), so loading it is
+only renaming and reshaping tensors.
 
 Hugging Face's files name the tensors like this (folders written by save_pretrained put
 "transformer." in front; the original uploads do not), for each block i, with C = n_embd:
@@ -28,8 +22,8 @@ Hugging Face's files name the tensors like this (folders written by save_pretrai
     lm_head.weight (V, C), if stored      tied: it is wte.weight (HF ignores a stored copy, so do we)
 
 Why transpose: GPT-2's layers are "Conv1D", a Linear that stores its weight as (in, out) and
-computes x @ W + b; nn.Linear stores (out, in) and computes x @ W.T + b. Why split: GPT-2 computes
-q, k and v with one matmul, c_attn, whose 3C outputs are q, k and v side by side, in that order.
+computes x @ W + b; nn.Linear stores (out, in). Why split: c_attn computes q, k and v with one
+matmul, its 3C outputs side by side in that order.
 
     model = from_pretrained("gpt2")                 # or a larger size (HUB_NAMES), or a local folder
     model, tokenizer = load_pretrained("gpt2")      # with its tokenizer, from the same folder
