@@ -6,14 +6,12 @@
     python sample.py --init_from=gpt2 --prompt="Hello, I am"   # OpenAI's GPT-2 (pip install -e ".[gpt2]")
 
 Everything comes from the checkpoint: the model's shape, its weights and its tokenizer.
-Three ways to decode, one past-block_size policy (model/generate.py), the same tokens:
+Three ways to decode, the same tokens, past block_size too (one policy for all three:
+visible_context in model/generate.py):
   --use_cache=false   recompute the whole context for every token (nanoGPT's way, the reference)
   --fast=false        the KV cache: only the new token runs through the model each step
   --fast=auto         on CUDA, a static cache and a decode step replayed as a CUDA graph
                       (model/fast_decode.py); elsewhere the same as --fast=false
-A model trained with a sliding window (attn_window) and rotary positions reads the whole
-prompt and decodes past block_size without ever cutting its context: its KV cache is a ring
-of attn_window slots per layer (a rolling cache), on every path.
 The fast path checks itself before the first token (StaticDecoder.verify); if it fails, one
 `warning:` line says so and the plain KV cache decodes instead: the same text, only slower.
 The samples go to stdout, one after another, each followed by a line of dashes; the figures
@@ -23,7 +21,7 @@ The samples go to stdout, one after another, each followed by a line of dashes; 
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -33,10 +31,11 @@ from common.device import resolve_device, resolve_dtype
 from common.errors import ConfigError, UserError
 from configs import parse_config
 from data import DataError
+from data.tokenizers import HUB_NAMES
 from model.checkpoint import load_run
 from model.pretrained import load_pretrained
 from model.fast_decode import DecodeCheckError, StaticDecoder
-from model.generate import check_sampling, decode
+from model.generate import check_sampling, decode, visible_context
 from viz.attention_page import write_attention_page
 
 SEPARATOR = "---------------"
@@ -44,22 +43,27 @@ SEPARATOR = "---------------"
 
 @dataclass
 class SampleConfig:
+    # -- what to sample from --
     out_dir: str = "out"             # the training run's folder (train.py --out_dir)
     ckpt: str = "ckpt.pt"            # checkpoint in out_dir: ckpt.pt (best val loss) or last.pt (latest)
-    init_from: str | None = None     # instead of a run: GPT-2's weights, gpt2, gpt2-medium, gpt2-large, gpt2-xl or a Hugging Face GPT-2 folder
+    init_from: str | None = field(default=None, metadata={"help": f"instead of a run: GPT-2's weights, {', '.join(HUB_NAMES)} or a Hugging Face GPT-2 folder"})
+    # -- the prompt --
     prompt: str = ""                 # text to continue; empty = start from a newline
     prompt_file: str | None = None   # read the prompt from this UTF-8 file instead
+    # -- sampling --
     num_samples: int = 1             # continuations of the prompt, generated together as one batch
     max_new_tokens: int = 500        # tokens per sample; more than block_size is fine
     temperature: float = 0.8         # 0 = greedy (argmax); below 1 safer, above 1 wilder
     top_k: int | None = 200          # sample among the k likeliest tokens only (none = all)
     top_p: float | None = None       # nucleus: the likeliest tokens holding this much probability, in (0, 1]
     seed: int = 1337                 # same seed, same settings: same text
+    # -- decoding and system --
     device: str = "auto"             # auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bfloat16 where the GPU or CPU computes it natively, float16 on older GPUs, float32 elsewhere
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: the device's rule for decoding (common/device.py, default_dtype)
     use_cache: bool = True           # false: recompute the whole context for every token (slow reference)
     fast: Literal["auto", "true", "false"] = "auto"  # static cache + CUDA graph; auto = on CUDA only
     compile: bool = False            # torch.compile the fast decode step (faster steps, slow start)
+    # -- output --
     attention_html: str | None = None  # also write the attention page of the first sample to this file
 
 
@@ -205,9 +209,9 @@ def sample(cfg: SampleConfig, out=None, err=None) -> list[list[int]]:
     out.flush()
 
     n = cfg.num_samples * cfg.max_new_tokens
-    cut = ""
-    if len(prompt_ids) > bs and not model.config.rolling:  # a rolling model reads all of it
-        cut = f" (longer than block_size {bs}: the model sees its last {bs})"
+    cut, seen = "", visible_context(len(prompt_ids), model.config, bs)
+    if seen < len(prompt_ids):
+        cut = f" (longer than block_size {bs}: the model sees its last {seen})"
     print(f"prompt: {len(prompt_ids)} tokens{cut}", file=err)
     print(f"generated: {cfg.num_samples} x {cfg.max_new_tokens} = {n} tokens in {elapsed:.2f} s, "
           f"{n / max(elapsed, 1e-9):,.0f} tokens/s", file=err)

@@ -6,7 +6,7 @@ Train a GPT, on one CPU or GPU, or on many with torchrun.
     python train.py cpu --max_iters=500 --compile     a config, then --key=value overrides
     python train.py --init_from=resume                continue out/last.pt exactly
     torchrun --standalone --nproc_per_node=8 train.py shakespeare_char
-    python train.py --help                            every setting with the value that will run
+    python train.py --help                            the settings, each with the value that will run
 
 What lands in out_dir:
     ckpt.pt        the best val loss so far: everything below, at that iteration

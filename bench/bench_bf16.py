@@ -9,9 +9,8 @@
   training       a forward + backward of speedrun_cpu's batch, float32 against bf16 autocast
 
 Each row runs both dtypes in turn, step by step (a busy machine slows both alike), and prints the
-medians, their ratio, and what dtype=auto picks on this machine (common/device.py: bf16 only
-where the hardware computes it natively, and on a CPU only for the uses where it won). Asserts
-nothing; writes the table as JSON.
+medians, their ratio, and what dtype=auto picks on this machine (the rule: common/device.py,
+default_dtype). Asserts nothing; writes the table as JSON.
 """
 
 import argparse

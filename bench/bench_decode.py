@@ -57,7 +57,7 @@ SAMPLING = dict(temperature=0.8, top_k=200)  # sample.py's defaults (tests/test_
 @dataclass
 class BenchConfig:
     device: str = "auto"             # auto (cuda, then mps, then cpu), cpu, cuda, cuda:N
-    dtype: str = "auto"              # auto: as sample.py (bfloat16 where native, GPU or CPU; float16 on older GPUs; else float32)
+    dtype: str = "auto"              # auto: as sample.py decodes (common/device.py, default_dtype)
     sizes: str = "shakespeare_char,cpu"  # model shapes: names of configs/*.toml (or "tiny"), comma-separated
     batch_sizes: str = "1,64"        # comma-separated
     paths: str = "uncached,cached,fast"  # any of uncached, cached, fast, compiled

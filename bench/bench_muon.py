@@ -1,4 +1,4 @@
-"""One Muon step: one Newton-Schulz per matrix (as before) vs same-shape matrices as one batch.
+"""One Muon step: one Newton-Schulz per matrix vs same-shape matrices as one batch.
 
     OMP_NUM_THREADS=2 python bench/bench_muon.py                      # speedrun_cpu's matrices
     python bench/bench_muon.py --size=speedrun --device=cuda --compile  # the GPU model, + compiled
@@ -6,7 +6,7 @@
 The matrices are the blocks' weights (GPT.parameters_by_role()["matrices"]) of a model size
 from configs/NAME.toml, with random gradients: a step's cost does not depend on their values.
 Rows, each the same optimizer maths (tests/test_muon.py checks they agree):
-  per-matrix  the step before batching: momentum, Newton-Schulz and the update, matrix by matrix
+  per-matrix  the plain step: momentum, Newton-Schulz and the update, matrix by matrix
   batched     training.muon.Muon: Newton-Schulz once per shape on a (n, out, in) stack
   compiled    (--compile) Muon(compile_ns=True): the batched Newton-Schulz through Inductor;
               its first step, the compile, is reported apart
@@ -60,7 +60,7 @@ def matrices(size: str, device) -> list[torch.Tensor]:
 
 
 def per_matrix_step(params, bufs, lr=0.02, mu=0.95):
-    """Muon's step before the batching (nesterov, no weight decay): the baseline."""
+    """Muon's step matrix by matrix (nesterov, no weight decay): the baseline."""
     for p in params:
         buf = bufs.setdefault(p, torch.zeros_like(p))
         buf.mul_(mu).add_(p.grad)

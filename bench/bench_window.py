@@ -11,10 +11,9 @@ learned; a window adds no parameters): one with full causal attention, one with 
 from a one-token prompt, batch 1, sampling as sample.py does (temperature 0.8, top-k 200;
 --greedy: argmax), and every token is timed on its own: from one token to the next, whatever
 the model ran in between.
-  full     the plain KV cache (model/generate.py): when the cache is full (block_size
-           positions), the context is cut to its last block_size / 2 tokens and prefilled again,
-           every block_size / 2 tokens from then on; those tokens stall, the ones after them
-           attend over a shorter cache
+  full     the plain KV cache (model/generate.py): past block_size the context is cut and
+           prefilled again (the policy: visible_context); those tokens stall, the ones after
+           them attend over a shorter cache
   window   the rolling KV cache (model/kv_cache.py): a ring of W slots per layer, the same
            work for every token however far the text goes; nothing is ever prefilled again
   --static also times the static-cache decoders of both (model/fast_decode.py): on CUDA a
@@ -41,7 +40,7 @@ from bench_decode import SAMPLING, VOCAB, bench_main, machine, model_shape, sync
 from configs import ConfigError  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from model.fast_decode import StaticDecoder  # noqa: E402
-from model.generate import decode  # noqa: E402
+from model.generate import decode, visible_context  # noqa: E402
 
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=32)  # for --quick
 
@@ -61,16 +60,15 @@ class WindowBenchConfig:
     seed: int = 0
 
 
-def reprefills(prompt_len: int, new: int, block_size: int, keep: int) -> list[int]:
-    """Which new tokens (their index) the full-attention path makes right after a re-prefill,
-    following model/generate.py's policy: cut to `keep` tokens when the cache is full."""
-    pos, out = min(prompt_len, block_size), []
+def reprefills(prompt_len: int, new: int, config) -> list[int]:
+    """Which new tokens (their index) a decode path makes right after a re-prefill, following
+    model/generate.py's policy (visible_context)."""
+    T, out = visible_context(prompt_len, config, config.block_size), []
     for t in range(1, new):
-        if pos == block_size:
+        seen = visible_context(T + 1, config)
+        if seen < T + 1:
             out.append(t)
-            pos = keep
-        else:
-            pos += 1
+        T = seen
     return out
 
 
@@ -109,7 +107,7 @@ def bench(cfg: WindowBenchConfig, say=print) -> dict:
     win.load_state_dict(full.state_dict())            # the same weights: only the mask differs
     dtype = full.wte.weight.dtype
     new, repeats = cfg.blocks * bs, 1 if cfg.quick else cfg.repeats
-    keep = max(1, bs // 2)                             # model/generate.py's default
+    keep = visible_context(bs + 1, full_cfg)           # what a full context keeps of itself
     sampling = dict(temperature=0) if cfg.greedy else dict(SAMPLING)
     idx = torch.zeros(1, 1, dtype=torch.long, device=device)
     info = machine(device, dtype)
@@ -141,7 +139,7 @@ def bench(cfg: WindowBenchConfig, say=print) -> dict:
         time_tokens(steps(min(new, 2 * bs)), device)  # warm-up: allocator, kernels, a re-prefill
         runs = [time_tokens(steps(new), device) for _ in range(repeats)]
         per_token = [statistics.median(ts) for ts in zip(*runs)]
-        stalls = reprefills(1, new, bs, keep) if name.startswith("full") else []
+        stalls = reprefills(1, new, full_cfg if name.startswith("full") else win_cfg)
         results[name] = dict(seconds_per_token=per_token, reprefill_tokens=stalls,
                              tok_per_s=new / sum(per_token))
         del dec

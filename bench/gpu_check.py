@@ -52,7 +52,7 @@ from common.device import capability, native_bf16  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from model.fast_decode import StaticDecoder  # noqa: E402
 from model.generate import decode  # noqa: E402
-from training.runlog import read_records  # noqa: E402
+from viz.metrics import read_records  # noqa: E402
 
 # model shapes: the shakespeare_char model on a GPU; on a CPU (a smoke run) a small one
 SHAPES = {"cuda": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),
@@ -253,7 +253,7 @@ def check_torchrun(c, args):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", help="auto (cuda if there is a GPU), cuda, cuda:N or cpu")
-    p.add_argument("--quick", action="store_true", help="on the CPU: skip the compiled self-check (~20 s cold)")
+    p.add_argument("--quick", action="store_true", help="on the CPU: skip the compiled self-check (the slowest check, compiling)")
     p.add_argument("--out", default=None, help="JSON path; default bench/results/gpu_check-<device>.json")
     args = p.parse_args(argv)
     if args.device == "auto":

@@ -1,4 +1,4 @@
-"""The speedrun as a user lives it: whole-process wall time to a checkpoint at a target val loss,
+r"""The speedrun as a user lives it: whole-process wall time to a checkpoint at a target val loss,
 side by side with other recipes, over seeds.
 
     python bench/speedrun.py --configs cpu_tinyshakespeare speedrun_cpu --seeds 0 1 2 \
@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from training.evaluate import exact_val_loss  # noqa: E402
-from training.runlog import read_records  # noqa: E402
+from viz.metrics import read_records  # noqa: E402
 
 
 def run_ours(config: str, seed: int, args, extra: list[str]) -> dict:

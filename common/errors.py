@@ -13,3 +13,7 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """A setting that cannot work: the command line, a config file, or a model's shape."""
+
+
+class DataError(UserError):
+    """A problem with the data the user can fix (bad path, bad text, offline, ...)."""

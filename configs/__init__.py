@@ -21,7 +21,8 @@ Every value is converted to the field's annotated type: int, float, bool, str, a
 typing.Literal of choices, or any of these `| None` (written "none"). Mistakes stop with a
 ConfigError that names the fix: the closest valid key for a typo, the expected type for a bad
 value. --help lists every key with its value, type and help (the field's metadata["help"], or
-the comment written after it in the class body).
+the comment written after it in the class body), under the headings the class body writes as
+`# -- NAME --` lines; a field with metadata=HIDDEN is accepted but not listed.
 """
 
 import dataclasses
@@ -305,35 +306,55 @@ def build(cls, values: dict):
 # -----------------------------------------------------------------------------
 # --help
 
-def field_comments(cls) -> dict:
-    """{field: text} from the comments written after each field in the class body:
+HIDDEN = {"hidden": True}  # field(metadata=HIDDEN): a setting tests and benchmarks set; --help leaves it out
+
+
+def field_notes(cls) -> tuple[dict, dict]:
+    """({field: help}, {field: heading}) from the comments in the class body:
+        # -- optimizer and schedule --
         batch_size: int = 64   # sequences per micro-step
-    Read with tokenize, so a '#' inside a string default is not mistaken for one."""
+    A comment after a field is its help. A comment line `# -- NAME --` is a heading: the fields
+    after it, up to the next heading, are listed under NAME. Read with tokenize, so a '#' inside
+    a string default is not mistaken for one."""
     try:
         source = inspect.getsource(cls)
     except (OSError, TypeError):
-        return {}
-    comments, line_name = {}, {}
+        return {}, {}
+    comments, headings, line_name, heading = {}, {}, {}, ""
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         row = tok.start[0]
         if tok.type == tokenize.NAME and row not in line_name:
             line_name[row] = tok.string
+            headings.setdefault(tok.string, heading)
         elif tok.type == tokenize.COMMENT and row in line_name:
             comments.setdefault(line_name[row], tok.string.lstrip("#").strip())
-    return comments
+        elif tok.type == tokenize.COMMENT:
+            text = tok.string.lstrip("#").strip()
+            if len(text) > 4 and text.startswith("--") and text.endswith("--"):
+                heading = text[2:-2].strip()
+    return comments, headings
 
 
 def print_help(cls, fields, values, source, prog, description, config_file=True):
-    comments = field_comments(cls)
-    helps = {f.name: f.metadata.get("help") or comments.get(f.name, "") for f in dataclasses.fields(cls)}
-    rows = []
+    comments, headings = {}, {}
+    for klass in cls.__mro__[:-1]:  # a field's notes are in the class that declares it
+        own = klass.__dict__.get("__annotations__", {})
+        more_comments, more_headings = field_notes(klass)
+        comments.update({k: c for k, c in more_comments.items() if k in own and k not in comments})
+        headings.update({k: h for k, h in more_headings.items() if k in own and k not in headings})
+    shown = {f.name: f for f in dataclasses.fields(cls) if f.name in fields and not f.metadata.get("hidden")}
+    groups = {"": []}  # heading -> rows: the rows without one first, then in the headings' order
     for key, (tp, default) in fields.items():
+        if key not in shown:
+            continue
         value = values.get(key, default)
-        shown = "(required)" if value is dataclasses.MISSING else _format(value)
-        note = helps.get(key, "")
+        text = "(required)" if value is dataclasses.MISSING else _format(value)
+        note = shown[key].metadata.get("help") or comments.get(key, "")
         if key in source:
             note = f"{note} [from {source[key]}]".strip()
-        rows.append((f"--{key}={shown}", type_name(tp), note))
+        groups.setdefault(headings.get(key, ""), []).append((f"--{key}={text}", type_name(tp), note))
+    groups = {h: g for h, g in groups.items() if g}
+    rows = [r for g in groups.values() for r in g]
     w1 = max(len(r[0]) for r in rows) + 2
     w2 = max(len(r[1]) for r in rows) + 2
     out = [f"usage: {prog}{' [CONFIG]' if config_file else ''} [--key=value ...]", "",
@@ -345,5 +366,7 @@ def print_help(cls, fields, values, source, prog, description, config_file=True)
     out += ["A setting is --key=value or --key value. A bool alone (--compile) means true;",
             "it takes the next word as its value only if that is a bool: --compile false.",
             "", "settings (--key=value, type, what it does):"]
-    out += [f"  {a:<{w1}}{b:<{w2}}{c}".rstrip() for a, b, c in rows]
+    for heading, group in groups.items():
+        out += ["", f"{heading}:"] if heading else []
+        out += [f"  {a:<{w1}}{b:<{w2}}{c}".rstrip() for a, b, c in group]
     print("\n".join(out))

@@ -10,19 +10,11 @@ data: corpora, tokenizers and a batch loader for qkvgpt.
 Command line: python -m data prepare --help
 """
 
-from common.errors import UserError
-
-
-class DataError(UserError):
-    """A problem the user can fix (bad path, bad text, offline, ...). The message names the fix;
-    command-line tools print it and exit 1, without a traceback."""
-
-
-# imported after DataError, which the submodules import from here
-from .corpora import DATASETS, load_corpus  # noqa: E402
-from .tokenizers import BPETokenizer, CharTokenizer, GPT2Tokenizer, tokenizer_from_dict  # noqa: E402
-from .prepare import DEFAULT_DATASET, load_meta, prepare  # noqa: E402
-from .loader import BatchLoader, read_split  # noqa: E402
+from common.errors import DataError
+from .corpora import DATASETS, load_corpus
+from .tokenizers import BPETokenizer, CharTokenizer, GPT2Tokenizer, tokenizer_from_dict
+from .prepare import DEFAULT_DATASET, load_meta, prepare
+from .loader import BatchLoader, read_split
 
 
 __all__ = ["DataError", "DEFAULT_DATASET", "DATASETS", "prepare", "load_meta", "load_corpus",

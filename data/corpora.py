@@ -43,8 +43,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.errors import DataError
 from common.files import atomic_write
-from . import DataError  # defined in __init__ before this module is imported
 
 TINY_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINY_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"

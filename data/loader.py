@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import DataError
+from common.errors import DataError
 from .prepare import DTYPES, load_meta
 
 

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from common.errors import DataError
 from common.files import atomic_write
-from . import DataError
 from .corpora import load_corpus
 from .tokenizers import KINDS, bpe_trainer, check_bpe_vocab, check_kind
 

@@ -26,7 +26,7 @@ import tempfile
 import tiktoken
 from tiktoken_ext.openai_public import r50k_pat_str as GPT2_PATTERN  # GPT-2's pre-split regex
 
-from . import DataError
+from common.errors import DataError
 
 MIN_BPE_VOCAB = 260  # 256 byte tokens + a few merges; less is not a BPE worth the name
 MAX_BPE_VOCAB = 1 << 20
@@ -35,6 +35,15 @@ GPT2_FILES = {  # what tiktoken.get_encoding("gpt2") downloads, with its sha256
         "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
     "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json":
         "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+}
+# OpenAI's four GPT-2 sizes, by the names Hugging Face's hub knows them (the short names are
+# redirects). model/pretrained.py downloads their weights from there; each download also holds
+# the vocabulary all four share, which GPT2Tokenizer can then build itself from offline.
+HUB_NAMES = {
+    "gpt2": "openai-community/gpt2",                # 124M parameters
+    "gpt2-medium": "openai-community/gpt2-medium",  # 350M
+    "gpt2-large": "openai-community/gpt2-large",    # 774M
+    "gpt2-xl": "openai-community/gpt2-xl",          # 1558M
 }
 
 
@@ -90,13 +99,12 @@ def gpt2_cached():
 
 def gpt2_files_in_hf_cache():
     """(vocab.json, merges.txt) of GPT-2 in Hugging Face's cache, where downloading GPT-2's
-    weights (--init_from=gpt2) put them, or None. All four sizes share one vocabulary."""
+    weights (--init_from=gpt2) put them, or None."""
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:  # the optional gpt2 extra is not installed
         return None
-    for repo in ("openai-community/gpt2", "openai-community/gpt2-medium", "openai-community/gpt2-large",
-                 "openai-community/gpt2-xl"):
+    for repo in HUB_NAMES.values():
         files = [try_to_load_from_cache(repo, name) for name in ("vocab.json", "merges.txt")]
         if all(isinstance(f, str) for f in files):
             return files

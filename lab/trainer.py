@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from data import BatchLoader, load_meta, prepare, tokenizer_from_dict
+from data import BatchLoader, load_meta, prepare, read_split, tokenizer_from_dict
 from model import GPT, GPTConfig, eval_mode
 from training.config import TrainConfig
 from training.optim import make_optimizers, set_schedule
@@ -36,10 +36,13 @@ class Corpus:
         meta = load_meta(self.dir)
         self.vocab_size = meta["vocab_size"]
         self.tokenizer = tokenizer_from_dict(meta["tokenizer"])
+        self.splits = {}  # split -> its tokens, read once: every loader gathers its batches from them
 
     def loader(self, split: str, budget: "Budget", seed: int) -> BatchLoader:
+        if split not in self.splits:
+            self.splits[split] = read_split(self.dir / f"{split}.bin")
         return BatchLoader(self.dir / f"{split}.bin", budget.block_size, budget.batch_size,
-                           seed=stream_seed(seed, f"lab-{split}"), resident=True)
+                           seed=stream_seed(seed, f"lab-{split}"), tokens=self.splits[split])
 
     def val_batches(self, budget: "Budget") -> list:
         """[(x, y)]: the budget's fixed val batches, the same for every arm, seed and experiment."""

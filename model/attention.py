@@ -125,8 +125,7 @@ class Rotary:
     def cos_sin(self, positions):
         """positions (T,) -> (cos, sin), each (T, hs/2): channel pair c turns by position * f_c.
         In float32 whatever the model's dtype: a bfloat16 angle is whole radians off by position
-        1000. (float32 still rounds large angles: at position 10^5 the fastest pair's angle
-        carries ~0.01 rad of rounding, the same in every decode path.)"""
+        1000."""
         hs = self.head_size
         inv_freq = 1.0 / (self.base ** (torch.arange(0, hs, 2, device=positions.device).float() / hs))
         angles = torch.outer(positions.float(), inv_freq)                  # (T, hs/2)

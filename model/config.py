@@ -1,38 +1,46 @@
 """The model's shape, in one dataclass, checked when it is built.
 
 Every number that decides a tensor's shape lives here, so a checkpoint can store
-`asdict(config)` and rebuild the exact same model later.
+`asdict(config)` and rebuild the exact same model later. ModelSettings holds every field but
+vocab_size, which the data decides: a training run's settings take them from it as they are
+(training/config.py), so each is declared here only.
 """
 
+import typing
 from dataclasses import dataclass, fields
+from typing import Literal
 
 from common.errors import ConfigError
 
 
 @dataclass
-class GPTConfig:
-    vocab_size: int = 65        # number of distinct tokens
-    block_size: int = 256       # longest context the model ever sees
+class ModelSettings:
+    # -- model --
+    block_size: int = 256       # longest context the model ever sees, in tokens
     n_layer: int = 6            # transformer blocks
     n_head: int = 6             # query heads
-    n_kv_head: int | None = None  # key/value heads: None = n_head (MHA), fewer = GQA, 1 = MQA
+    n_kv_head: int | None = None  # key/value heads: none = n_head (MHA), fewer = GQA, 1 = MQA
     n_embd: int = 384           # width of the residual stream, C
-    dropout: float = 0.0
+    dropout: float = 0.0        # the chance a unit is zeroed while training (0 = off)
     bias: bool = False          # biases in Linear layers and LayerNorms (GPT-2 had them)
-    pos_emb: str = "learned"    # "learned" absolute positions (GPT-2) or "rope" (rotary)
-    rope_base: float = 10000.0  # RoPE frequency base
-    attn_impl: str = "sdpa"     # "sdpa" (fused kernel) or "explicit" (the math written out)
-    attn_window: int = 0        # > 0: sliding window, each token sees only its last attn_window tokens
-                                # (itself included); 0 = full causal attention
+    pos_emb: Literal["learned", "rope"] = "learned"  # learned absolute positions (GPT-2) or rope (rotary)
+    rope_base: float = 10000.0  # RoPE's frequency base
+    attn_impl: Literal["sdpa", "explicit"] = "sdpa"  # sdpa (the fused kernel) or explicit (the math written out)
+    attn_window: int = 0        # > 0: each token sees its last attn_window tokens only (with rope, decoding runs past block_size); 0 = full causal
     # Options from the modded-nanogpt speedrun line of work; the defaults are GPT-2's choices.
-    norm: str = "layernorm"     # "layernorm" or "rmsnorm" (parameter-free: no gain, no bias)
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"  # rmsnorm: parameter-free (no gain, no bias)
     embed_norm: bool = False    # normalise the embeddings before the first block
     qk_norm: bool = False       # RMS-normalise each head's q and k before the dot product
-    mlp_act: str = "gelu"       # "gelu", "gelu_tanh" (GPT-2's tanh approximation) or "relu2" (ReLU squared)
+    mlp_act: Literal["gelu", "gelu_tanh", "relu2"] = "gelu"  # gelu_tanh: GPT-2's tanh approximation; relu2: ReLU squared
     zero_init: bool = False     # residual output projections (and an untied head) start at zero
     tie_embeddings: bool = True  # the head reuses the token embedding matrix
     logit_softcap: float = 0.0  # > 0: logits = c * tanh(logits / c), keeps them in (-c, c)
     x0_shortcut: bool = False   # every block also reads the embeddings: a * x + b * x0, a and b learned
+
+
+@dataclass
+class GPTConfig(ModelSettings):
+    vocab_size: int = 65        # number of distinct tokens
 
     def __post_init__(self):
         if self.n_kv_head is None:
@@ -51,26 +59,22 @@ class GPTConfig:
                 f"each key/value head is shared by n_head / n_kv_head query heads")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if self.pos_emb not in ("learned", "rope"):
-            raise ConfigError(f"pos_emb must be 'learned' or 'rope', got {self.pos_emb!r}")
+        for f in fields(self):  # a Literal field takes one of its choices
+            choices = typing.get_args(f.type) if typing.get_origin(f.type) is Literal else None
+            if choices and getattr(self, f.name) not in choices:
+                raise ConfigError(f"{f.name} must be one of {', '.join(map(repr, choices))}, "
+                                  f"got {getattr(self, f.name)!r}")
         if self.pos_emb == "rope" and self.head_size % 2 != 0:
             raise ConfigError(
                 f"RoPE rotates channel pairs, so the head size must be even; "
                 f"n_embd / n_head = {self.head_size}")
         if self.rope_base <= 0:
             raise ConfigError(f"rope_base must be positive, got {self.rope_base!r}")
-        if self.attn_impl not in ("sdpa", "explicit"):
-            raise ConfigError(f"attn_impl must be 'sdpa' or 'explicit', got {self.attn_impl!r}")
         w = self.attn_window
         if not isinstance(w, int) or isinstance(w, bool) or not 0 <= w <= self.block_size:
             raise ConfigError(
                 f"attn_window must be 0 (full causal attention) or in 1..block_size={self.block_size} "
                 f"(each token sees its last attn_window tokens), got {w!r}")
-
-        if self.norm not in ("layernorm", "rmsnorm"):
-            raise ConfigError(f"norm must be 'layernorm' or 'rmsnorm', got {self.norm!r}")
-        if self.mlp_act not in ("gelu", "gelu_tanh", "relu2"):
-            raise ConfigError(f"mlp_act must be 'gelu', 'gelu_tanh' or 'relu2', got {self.mlp_act!r}")
         if self.logit_softcap < 0:
             raise ConfigError(f"logit_softcap must be >= 0 (0 = off), got {self.logit_softcap!r}")
 

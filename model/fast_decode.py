@@ -1,44 +1,24 @@
 """Fast decoding: a static KV cache and one fixed-shape decode step, replayed as a CUDA graph.
 
-Why: decoding a small model on a GPU is bound by kernel *launches*, not by arithmetic. One
-token through 6 layers is ~100 tiny kernels, and launching each from Python costs more than
-running it, so the plain KV cache (model/generate.py) gains little there. A CUDA graph records
-the kernels of one decode step once and replays them all with a single launch.
+Why: decoding a small model on a GPU is bound by kernel launches, not by arithmetic. One token
+is many tiny kernels, and launching each from Python costs more than running it; a CUDA graph
+records one decode step's kernels once and replays them all with a single launch.
 
-A graph replays the exact same kernels on the exact same memory, so the step must have fixed
-shapes and fixed addresses:
-  - the cache is allocated once, (n_layer, N, n_kv_head, max_len, head_size), and written in place;
-  - the position is a (1,) tensor on the device, not a Python int: wpe is indexed by it, RoPE's
-    angles are computed from it, k and v are written at it with index_copy_, and the step adds
-    1 to it itself;
-  - attention always runs over all max_len cached keys, with a mask (key index <= pos) built
-    from that tensor, so keys not written yet (or left over from an earlier window) get weight 0;
-    with attn_window = W it also hides keys W or more positions back (the band);
-    the step reuses the model's own norms, MLP, output projection and head, and writes out only
-    the attention core (fused q|k|v matmul, qk-norm, rope, cache write, masked SDPA);
-  - the input token and the output logits live in static buffers; the caller copies the token
-    in before a replay and must clone the logits if it keeps them past the next replay.
-The host knows how many positions are filled (it counts the steps), so it never reads `pos`
-back: no synchronisation per token. Sampling runs outside the graph, on the logits buffer.
+A graph replays the same kernels on the same memory, so the step has fixed shapes and addresses:
+  - the cache is allocated once, (n_layer, N, n_kv_head, max_len, head_size), written in place;
+  - the position is a (1,) tensor on the device, not a Python int: wpe, RoPE's angles and the
+    cache write read it, and the step adds 1 to it itself;
+  - attention runs over all max_len slots with a mask built from that tensor (not in the future,
+    and with attn_window not out of the band), so slots not written yet get weight 0;
+  - the input token and the output logits are static buffers: clone the logits to keep them.
+The host counts the filled positions itself and never reads `pos` back: no sync per token. The
+step reuses the model's norms, MLP and head, and writes out only the attention core. A rolling
+model (config.rolling) gets a ring of attn_window slots, as RollingKVCache (model/kv_cache.py).
+Prefill runs the model's ordinary forward into a cache whose buffers are the static ones.
 
-A sliding-window model with rotary positions (config.rolling) gets a ring instead of the
-block_size cache, as in model/kv_cache.py's RollingKVCache: max_len = attn_window slots, the
-step writes position pos at slot pos % attn_window, and the mask works out from pos which
-position each slot holds (negative: not written yet). Fixed shapes still, and no end: such a
-decoder never re-prefills.
-
-On CPU (or with cuda_graph=False) the same step runs eagerly: same tokens, no graph. That is
-how the CPU tests check this file against the plain cached path, token for token.
-
-The graph and the compiled step check themselves: verify() runs the step once as decode() will
-(graph replay, or compiled) from a known state and compares it with the plain eager step; it
-raises DecodeCheckError on any difference, and sample.py then decodes with the plain KV cache.
-Nothing CUDA-only here has to be trusted blind: tests/test_gpu_invariants.py checks on the CPU
-what it relies on (no host sync per token, a step that compiles whole, the capture's streams).
-
-Prefill (the prompt, and the re-prefill past block_size) goes through the model's ordinary
-forward with a KVCache (or RollingKVCache) whose buffers *are* the static ones, so it writes
-in place too.
+Off CUDA (or with cuda_graph=False) the same step runs eagerly, which is how the CPU tests check
+it token for token against the plain cached path. verify() checks the graph or compiled step
+against the eager one before use; sample.py falls back to the plain KV cache if it fails.
 """
 
 import torch
@@ -46,14 +26,15 @@ import torch.nn.functional as F
 from torch.nn.attention import sdpa_kernel
 
 from .attention import position_mask, rms_norm, rotate
-from .generate import DECODE_BACKENDS, check_generate_args, eval_mode, prefill, sample_next
+from .generate import (DECODE_BACKENDS, check_generate_args, eval_mode, prefill, sample_next,
+                       visible_context)
 from .kv_cache import KVCache, RollingKVCache
 
 # verify(): how far the replayed / compiled step's logits may be from the eager step's, as a
-# fraction of the largest |logit| (or of 1, if all are smaller). A correct graph replays the very kernels the eager step ran, so
-# its logits come out bitwise equal; torch.compile fuses ops and keeps intermediates in fp32, which
-# moves logits by a few units in the dtype's last place. A broken replay (an empty graph, the
-# wrong position or buffers) is off by the logits' whole scale, or leaves nan.
+# fraction of the largest |logit| (or of 1, if all are smaller). A correct graph replays the
+# eager step's very kernels: bitwise equal logits. torch.compile fuses ops and keeps fp32
+# intermediates, which moves logits by a few units in the dtype's last place. A broken replay
+# (an empty graph, the wrong position or buffers) is off by the logits' whole scale, or nan.
 VERIFY_TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 
@@ -307,13 +288,12 @@ class StaticDecoder:
     def decode(self, idx, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None,
                generator=None, seed=None, num_samples=1, keep=None):
         """Like model.generate.decode(use_cache=True): yield (logits (N, V), next token (N,))
-        per new token, with the same past-block_size policy (cut to the last `keep` tokens and
-        prefill them again; a ring takes the whole prompt and never does)."""
-        bs = self.config.block_size
-        keep, generator = check_generate_args(idx, max_new_tokens, temperature, top_k, top_p,
-                                              num_samples, keep, bs, generator, seed)
+        per new token, past block_size as model.generate.visible_context says."""
+        cfg = self.config
+        generator = check_generate_args(idx, max_new_tokens, temperature, top_k, top_p,
+                                        num_samples, keep, cfg.block_size, generator, seed)
         with eval_mode(self.model), torch.no_grad():
-            tokens = idx if self.ring else idx[:, -bs:]                 # what the model can see
+            tokens = idx[:, -visible_context(idx.size(1), cfg, cfg.block_size):]  # what it sees
             logits = self.prefill(tokens, num_samples)
             tokens = tokens.repeat_interleave(num_samples, dim=0)       # (N, T)
             since = []  # tokens picked since the last prefill, each (N,); joined only when needed
@@ -322,16 +302,15 @@ class StaticDecoder:
                 yield logits.clone(), nxt   # clone: the next replay overwrites the buffer
                 if step == max_new_tokens - 1:
                     break
-                if self.ring:                       # never full: no cut, no prefill again
-                    logits = self.step(nxt)
-                    continue
-                since.append(nxt)
-                if self.filled == self.max_len:
-                    # the window is full: keep its last `keep` tokens and prefill them afresh
-                    tokens = torch.cat([tokens, torch.stack(since, dim=1)], dim=1)[:, -keep:]
-                    since = []
+                T = self.filled + 1                                     # the context, nxt included
+                seen = visible_context(T, cfg, keep)
+                if seen < T:                                            # cut: prefill afresh
+                    tokens = torch.cat([tokens, *[t[:, None] for t in since], nxt[:, None]], dim=1)
+                    tokens, since = tokens[:, -seen:], []
                     logits = self.prefill(tokens)
                 else:
+                    if not self.ring:  # a ring is never cut: its tokens are never needed again
+                        since.append(nxt)
                     logits = self.step(nxt)
 
 

@@ -5,24 +5,14 @@ Two ways to get the next token's logits, which must give the same numbers:
   - cached: run the prompt once (prefill), then only the one new token per step,
     reading every earlier key and value from the KV cache.
 
-Past block_size, the policy both paths follow (so they stay comparable):
-  the model can only see block_size positions. A prompt longer than that is cut to
-  its last block_size tokens. When the context is full and one more token arrives,
-  the context is cut to its last `keep` tokens (default block_size // 2) and, in the
-  cached path, the cache is reset and those tokens are prefilled again. Positions then
-  restart from 0, exactly as in a fresh uncached forward of the cut context. A larger
-  `keep` remembers more but re-prefills more often (every block_size - keep tokens).
-  This holds for a sliding-window model with learned positions too: its position table
-  ends at block_size, so it cannot look past it either.
+Past block_size, every path (these two, and fast_decode.py's static one) follows one policy:
+visible_context() below says it.
 
-A sliding-window model with rotary positions (config.rolling) has no such limit: a token
-only ever attends to its last attn_window tokens, at distances it saw in training, so
-  - cached: the whole prompt goes into a RollingKVCache (block_size tokens at a time), then
-    one token per step, for ever: never cut, never prefilled again, the same memory and
-    work for every token (the ring of attn_window slots per layer, model/kv_cache.py);
-  - uncached, the reference: the whole sequence, prompt and all, through the model every
-    step, positions 0, 1, 2, ... with the band mask. Slow (each step costs more than the
-    last) but nothing in it can be wrong about the ring; the cached logits must equal its.
+A sliding-window model with rotary positions (config.rolling) is never cut: the cached path
+puts the whole prompt into a RollingKVCache (model/kv_cache.py), then runs one token per step
+for ever, with the same memory and work for every token; the uncached reference runs the whole
+sequence every step, positions 0, 1, 2, ... with the band mask, slower each step but with no
+ring to be wrong about.
 """
 
 import contextlib
@@ -33,11 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-# The SDPA kernels a one-token decode step may use: never cuDNN's, which has been reported to
-# corrupt GQA decoding silently on new GPUs (B200, sm_100: greedy outputs change, no error),
-# https://github.com/pytorch/pytorch/issues/193893 . With one query the kernel choice costs next
-# to nothing. Pinned once per decode step around the whole forward (not per layer: entering
-# sdpa_kernel takes ~20 us of Python, as long as a small one-query attention itself on a CPU).
+# The SDPA kernels a one-token decode step may use: never cuDNN's, reported to corrupt GQA
+# decoding silently on new GPUs (https://github.com/pytorch/pytorch/issues/193893). With one
+# query the kernel choice costs next to nothing. Pinned once per decode step around the whole
+# forward, not per layer: entering sdpa_kernel is Python work on the scale of a small attention.
 DECODE_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
@@ -95,19 +84,37 @@ def check_sampling(max_new_tokens, temperature, top_k, top_p, num_samples):
             raise ValueError(f"{name}={value!r}: must be {must}")
 
 
+def visible_context(T: int, config, keep: int | None = None) -> int:
+    """How many of a context's last tokens the model sees: the past-block_size policy that every
+    decode path follows (the uncached and cached loops here, StaticDecoder.decode in
+    fast_decode.py), so that all of them give the same tokens.
+
+    A context of T tokens, newest last, fits while T <= block_size: the model sees all of it.
+    Past that it sees the last `keep`: a prompt is read with keep = block_size, its last
+    block_size tokens; while decoding, a full context that gets one more token is cut to its
+    last keep tokens (default block_size // 2, at least 1), which a cached path prefills afresh
+    into an emptied cache. Positions then restart from 0, exactly as in a fresh uncached forward
+    of the cut context. A larger keep remembers more but prefills again more often (every
+    block_size - keep tokens). Learned positions end at block_size, so a sliding window with
+    them is cut too; only a rolling model (config.rolling) sees every token, always."""
+    if config.rolling or T <= config.block_size:
+        return T
+    return max(1, config.block_size // 2) if keep is None else keep
+
+
 def check_generate_args(idx, max_new_tokens, temperature, top_k, top_p, num_samples, keep,
                         block_size, generator=None, seed=None):
-    """Nonsense values get one clear message before any work is done. Returns (keep, generator):
-    keep defaults to block_size // 2 (at least 1), and a seed becomes a generator on idx's device."""
+    """Nonsense values get one clear message before any work is done. Returns the generator: a
+    seed becomes one on idx's device."""
     check_sampling(max_new_tokens, temperature, top_k, top_p, num_samples)
-    keep = max(1, block_size // 2) if keep is None else keep
     if idx.dim() != 2 or idx.size(1) == 0:
         raise ValueError(f"idx must be (B, T) with T >= 1, got shape {tuple(idx.shape)}")
-    if isinstance(keep, bool) or not isinstance(keep, numbers.Integral) or not 1 <= keep <= block_size:
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, numbers.Integral)
+                             or not 1 <= keep <= block_size):
         raise ValueError(f"keep={keep!r}: must be an integer in [1, block_size={block_size}]")
     if generator is None and seed is not None:
         generator = torch.Generator(device=idx.device).manual_seed(seed)
-    return keep, generator
+    return generator
 
 
 def prefill(model, tokens, cache):
@@ -120,8 +127,8 @@ def prefill(model, tokens, cache):
 
 
 def _cached_logits(model, idx, max_new_tokens, pick, num_samples, keep):
-    bs = model.config.block_size
-    tokens = idx[:, -bs:]                                       # the window the model can see
+    cfg = model.config
+    tokens = idx[:, -visible_context(idx.size(1), cfg, cfg.block_size):]   # what the model sees
     cache = model.new_cache(idx.size(0), device=idx.device)
     logits = prefill(model, tokens, cache)                              # (B, V)
     if num_samples > 1:
@@ -135,9 +142,9 @@ def _cached_logits(model, idx, max_new_tokens, pick, num_samples, keep):
         if step == max_new_tokens - 1:
             break
         tokens = torch.cat([tokens, nxt[:, None]], dim=1)
-        if cache.pos == cache.max_len:
-            # the window is full: keep its last `keep` tokens and prefill them afresh
-            tokens = tokens[:, -keep:]
+        seen = visible_context(tokens.size(1), cfg, keep)
+        if seen < tokens.size(1):                                       # cut: prefill afresh
+            tokens = tokens[:, -seen:]
             cache.reset()
             logits = model(tokens, cache=cache, last_only=True)[0][:, -1]
         else:
@@ -163,24 +170,23 @@ def _rolling_logits(model, idx, max_new_tokens, pick, num_samples):
 
 
 def _uncached_logits(model, idx, max_new_tokens, pick, num_samples, keep):
-    bs = model.config.block_size
-    rolling = model.config.rolling  # then the whole sequence, however long: the reference
-    tokens = (idx if rolling else idx[:, -bs:]).repeat_interleave(num_samples, dim=0)
+    cfg = model.config
+    tokens = idx[:, -visible_context(idx.size(1), cfg, cfg.block_size):]
+    tokens = tokens.repeat_interleave(num_samples, dim=0)
     for step in range(max_new_tokens):
         logits = model(tokens, last_only=True)[0][:, -1]                # whole context, every step
         nxt = pick(logits)
         yield logits, nxt
         tokens = torch.cat([tokens, nxt[:, None]], dim=1)
-        if tokens.size(1) > bs and not rolling:
-            tokens = tokens[:, -keep:]                                  # same policy as the cache
+        tokens = tokens[:, -visible_context(tokens.size(1), cfg, keep):]
 
 
 def decode(model, idx, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None,
            generator=None, seed=None, num_samples=1, use_cache=True, keep=None):
     """Yield (logits (N, V), next_token (N,)) for each new token, N = B * num_samples.
     The logits are the model's raw output for that step, before temperature and filtering."""
-    keep, generator = check_generate_args(idx, max_new_tokens, temperature, top_k, top_p, num_samples,
-                                          keep, model.config.block_size, generator, seed)
+    generator = check_generate_args(idx, max_new_tokens, temperature, top_k, top_p, num_samples,
+                                    keep, model.config.block_size, generator, seed)
 
     def pick(logits):
         return sample_next(logits, temperature, top_k, top_p, generator)

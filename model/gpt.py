@@ -121,7 +121,7 @@ class GPT(nn.Module):
                     nn.init.normal_(linear.weight, std=resid_std)
         if cfg.zero_init and not cfg.tie_embeddings:
             nn.init.zeros_(self.lm_head.weight)
-        else:  # tied, this is the token table drawn once more: kept so seeded runs stay as they were
+        else:  # tied: the token table is drawn again here; every seeded run follows this order of draws
             nn.init.normal_(self.lm_head.weight, std=std)
         for module in self.modules():  # biases start at 0 (norm gains keep their 1)
             if isinstance(module, nn.Linear) and module.bias is not None:
@@ -238,10 +238,3 @@ class GPT(nn.Module):
         """Return idx (B, T) followed by max_new_tokens sampled tokens, shape (B * num_samples, T + new).
         Keyword arguments as in model.generate.decode."""
         return generate(self, idx, max_new_tokens, **kwargs)
-
-    @classmethod
-    def from_pretrained(cls, name_or_path, **options) -> "GPT":
-        """OpenAI's GPT-2 weights in this model: "gpt2" (or -medium, -large, -xl) or a Hugging Face
-        folder. How their tensors map onto ours: model/pretrained.py."""
-        from .pretrained import from_pretrained  # imported here: pretrained.py imports this file
-        return from_pretrained(name_or_path, **options)

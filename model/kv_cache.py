@@ -72,20 +72,16 @@ class RollingKVCache:
     """The KV cache of a sliding-window model with rotary positions: a ring of W = attn_window
     slots per layer, k, v: (n_layer, B, n_kv_head, W, head_size).
 
-    Why W slots are enough: the query at position p sees keys p-W+1..p only, in every layer.
-    Each layer's attention reads nothing but its own last W keys and values, so position p is
-    stored in slot p % W, over position p - W, which no query from p on can see. Memory and the
-    work per token stay the same however long the text grows, and the context is never cut
-    and prefilled again. (The model still looks further back than W, indirectly: layer l's key
-    at p-W+1 already mixed in what that token saw one layer down. The receptive field grows by
-    W-1 positions per layer, and all of it is in these rings.)
+    Why W slots are enough: in every layer the query at position p sees keys p-W+1..p only, so
+    position p is stored in slot p % W, over position p - W, which no query from p on can see.
+    Memory and work per token stay the same however long the text, and nothing is ever cut.
+    (What a token saw one layer down is already mixed into its keys, so the model still reaches
+    further back than W, and all of that is in the rings too.)
 
-    The ring is not in position order: with W = 4, after positions 0..9 the slots hold 8, 9, 6, 7.
-    Attention does not care about the order of its keys (a weighted sum is the same in any
-    order, and RoPE turned each key by its own position before it was stored), as long as the
-    mask knows which position each slot holds: slot_positions() works it out from `pos` alone.
-
-    Same interface as KVCache (update, advance, reset, repeat_batch); max_len is None: no end.
+    The ring is not in position order (W = 4, after positions 0..9 the slots hold 8, 9, 6, 7).
+    Attention does not care, since a weighted sum is the same in any order and RoPE turned each
+    key before it was stored, as long as the mask knows which position each slot holds:
+    slot_positions() works it out from `pos`. Same interface as KVCache; max_len is None: no end.
     """
 
     def __init__(self, n_layer, batch_size, n_kv_head, window, head_size, device=None, dtype=None):

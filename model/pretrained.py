@@ -1,14 +1,8 @@
 """GPT-2's published weights in our model, and our model back out in GPT-2's format.
 
-OpenAI's GPT-2 is the model in gpt.py with these options, so loading it is only renaming and
-reshaping tensors:
-    pos_emb="learned"     a (n_positions, C) table of positions, n_positions -> block_size (1024)
-    bias=True             every Linear and LayerNorm has a bias
-    norm="layernorm"      eps 1e-5, our NORM_EPS (config.json: layer_norm_epsilon)
-    mlp_act="gelu_tanh"   GELU through its tanh approximation ("gelu_new"), a 4C hidden layer
-    tie_embeddings=True   the head is the token table
-    n_kv_head = n_head    plain multi-head attention, scores scaled by 1/sqrt(head_size)
-    vocab_size 50257, dropout 0 here (it trained with 0.1; pass dropout= to fine-tune)
+OpenAI's GPT-2 is the model in gpt.py with GPT-2's options (config_from_hf: learned positions,
+biases, LayerNorm, the tanh GELU, a tied head, plain multi-head attention), so loading it is
+only renaming and reshaping tensors.
 
 Hugging Face's files name the tensors like this (folders written by save_pretrained put
 "transformer." in front; the original uploads do not), for each block i, with C = n_embd:
@@ -28,10 +22,10 @@ Hugging Face's files name the tensors like this (folders written by save_pretrai
     lm_head.weight (V, C), if stored      tied: it is wte.weight (HF ignores a stored copy, so do we)
 
 Why transpose: GPT-2's layers are "Conv1D", a Linear that stores its weight as (in, out) and
-computes x @ W + b; nn.Linear stores (out, in) and computes x @ W.T + b. Why split: GPT-2 computes
-q, k and v with one matmul, c_attn, whose 3C outputs are q, k and v side by side, in that order.
+computes x @ W + b; nn.Linear stores (out, in). Why split: c_attn computes q, k and v with one
+matmul, its 3C outputs side by side in that order.
 
-    model = from_pretrained("gpt2")                 # or gpt2-medium, -large, -xl, or a local folder
+    model = from_pretrained("gpt2")                 # or a larger size (HUB_NAMES), or a local folder
     model, tokenizer = load_pretrained("gpt2")      # with its tokenizer, from the same folder
     export_hf(model, "out/hf")                      # config.json + model.safetensors for transformers
 
@@ -49,18 +43,12 @@ import torch
 
 from common.errors import UserError
 from common.files import atomic_write
+from data.tokenizers import HUB_NAMES  # the four sizes' names, and where the hub keeps them
 from .attention import NORM_EPS
 from .config import GPTConfig
 from .gpt import GPT
 
 INSTALL = 'pip install -e ".[gpt2]"'
-# the names Hugging Face's hub knows OpenAI's four GPT-2 sizes by (the short names are redirects)
-HUB_NAMES = {
-    "gpt2": "openai-community/gpt2",                # 124M: 12 layers, 12 heads, C = 768
-    "gpt2-medium": "openai-community/gpt2-medium",  # 350M: 24 layers, 16 heads, C = 1024
-    "gpt2-large": "openai-community/gpt2-large",    # 774M: 36 layers, 20 heads, C = 1280
-    "gpt2-xl": "openai-community/gpt2-xl",          # 1558M: 48 layers, 25 heads, C = 1600
-}
 HUB_FILES = ["config.json", "model.safetensors", "vocab.json", "merges.txt"]
 WEIGHT_FILES = ["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json"]  # the first one present is read
@@ -262,8 +250,8 @@ def from_pretrained(name_or_path, *, block_size: int | None = None, dropout: flo
                     attn_impl: str = "sdpa") -> GPT:
     """GPT-2's weights in our GPT, float32, in eval mode.
 
-    name_or_path: gpt2, gpt2-medium, gpt2-large, gpt2-xl (from Hugging Face's cache, downloaded
-    once), or a local folder with config.json + model.safetensors (or pytorch_model.bin).
+    name_or_path: one of HUB_NAMES (from Hugging Face's cache, downloaded once), or a local
+    folder with config.json + model.safetensors (or pytorch_model.bin).
     block_size: keep only this many positions (default all, 1024): less memory for the KV cache.
     dropout: 0 for sampling; GPT-2 trained with 0.1, a fine-tune may want it back.
     """

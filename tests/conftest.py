@@ -23,3 +23,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+def help_groups(out: str) -> dict:
+    """{heading: [key, ...]} of a --help's settings, in their order ("" for rows before any
+    heading); each row of configs.print_help is '  --key=value  type  help'."""
+    groups, heading = {}, None
+    for line in out.split("settings (--key=value, type, what it does):", 1)[1].splitlines():
+        if line.startswith("  --"):
+            groups.setdefault(heading or "", []).append(line.split("=", 1)[0].strip()[2:])
+        elif line.endswith(":") and not line.startswith(" "):
+            heading = line[:-1]
+    return groups

@@ -19,7 +19,8 @@ import viz.attention_page as ap
 import viz.loss_plot as lp
 from data import tokenizer_from_dict
 from model import GPT, GPTConfig, causal_mask
-from viz.attention_page import AttentionPageError, SCALE, read_metrics, write_attention_page
+from viz.attention_page import AttentionPageError, SCALE, write_attention_page
+from viz.metrics import read_metrics
 from model.checkpoint import save_checkpoint
 
 TEXT = "To be, or not to be: that is"  # 28 characters, inside block_size 32
@@ -305,7 +306,7 @@ def test_sample_cli_writes_the_page(tmp_path):
     write_metrics(tmp_path / "metrics.jsonl")
     page = tmp_path / "attention.html"
     r = run_sample(f"--out_dir={tmp_path}", "--prompt=To be", "--max_new_tokens=12", "--temperature=0",
-                   f"--attention_html={page}")
+                   f"--attention_html={page}", "--dtype=float32")  # the float32 model's weights, below
     assert r.returncode == 0, r.stderr
     assert f"attention page: {page}" in r.stderr
     data = embedded(page)

@@ -5,7 +5,8 @@ from typing import Literal
 
 import pytest
 
-from configs import CONFIG_DIR, ConfigError, available_configs, parse_config
+from conftest import help_groups
+from configs import CONFIG_DIR, HIDDEN, ConfigError, available_configs, parse_config
 
 
 @dataclass
@@ -192,3 +193,33 @@ def test_no_config_program_refuses_a_word_with_its_hint(argv):
     assert msg.startswith("demo.py takes --key=value (or --key value) settings only, not ")
     assert repr(argv[-1]) in msg and msg.endswith("; name the run with --out_dir=DIR")
     assert "\n" not in msg
+
+
+@dataclass
+class Shape:
+    # -- model --
+    n_layer: int = 6                # blocks
+
+
+@dataclass
+class Grouped(Shape):
+    name: str = "run"               # before any heading of its class: listed first, under none
+    # -- data --
+    dataset: str = "x"              # the corpus
+    root: str | None = field(default=None, metadata=HIDDEN)  # for the tests only
+    # -- system --
+    seed: int = 0                   # same seed, same run
+    tag: str = field(default="t", metadata={"help": "a label"})
+
+
+def test_help_lists_each_setting_once_under_its_heading(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(Grouped, ["--help"], prog="g.py", description="Grouped.")
+    out = capsys.readouterr().out
+    assert help_groups(out) == {"": ["name"], "model": ["n_layer"], "data": ["dataset"], "system": ["seed", "tag"]}
+    for text in ["blocks", "the corpus", "same seed, same run", "a label"]:  # the base's comments too
+        assert text in out, text
+    assert "--root" not in out and "for the tests only" not in out
+    # hidden from --help, not from the command line
+    assert parse_config(Grouped, ["--root=r", "--n_layer=2"], prog="g.py", description="") == \
+        Grouped(root="r", n_layer=2)

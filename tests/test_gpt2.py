@@ -124,7 +124,7 @@ def prompt_and_greedy(hf):
 @pytest.mark.parametrize("path", ["cached", "uncached", "static"])
 def test_greedy_tokens_match_transformers_generate(folders, prompt_and_greedy, path):
     prompt, want, want_logits = prompt_and_greedy
-    model = GPT.from_pretrained(folders["safetensors"])  # the classmethod delegates to pretrained.py
+    model = from_pretrained(folders["safetensors"])
     if path == "static":
         steps = decode_static(model, prompt, 40, temperature=0)
     else:
@@ -406,7 +406,7 @@ def test_sample_from_gpt2s_weights(hf, folders, capsys, fast):
         want = hf.generate(torch.tensor([tok.encode(text)]), do_sample=False, max_new_tokens=30, pad_token_id=0)
     capsys.readouterr()
     assert sample.main([f"--init_from={folders['safetensors']}", f"--prompt={text}", "--max_new_tokens=30",
-                        "--temperature=0", "--device=cpu", f"--fast={fast}"]) == 0
+                        "--temperature=0", "--device=cpu", "--dtype=float32", f"--fast={fast}"]) == 0
     out, err = capsys.readouterr()
     assert out.split("\n---------------")[0] == text + tok.decode(want[0, len(tok.encode(text)):].tolist())
     assert ("static cache" in err) == (fast == "true") and "warning" not in err

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import sample as sample_mod
+from conftest import help_groups
 from data import BPETokenizer, CharTokenizer
 from model import GPT, GPTConfig
 from model.checkpoint import save_checkpoint
@@ -378,6 +379,9 @@ def test_help_lists_its_own_settings_only(capsys):
     assert e.value.code == 0 and out.startswith("usage: sample.py [--key=value ...]\n")
     assert "--out_dir=out" in out and "--temperature=0.8" in out and "--key value" in out
     assert "CONFIG" not in out and "configs/" not in out and "shakespeare_char" not in out
+    groups = help_groups(out)
+    assert list(groups) == ["what to sample from", "the prompt", "sampling", "decoding and system", "output"]
+    assert sorted(k for keys in groups.values() for k in keys) == sorted(asdict(sample_mod.SampleConfig()))
 
 
 def test_key_space_value(run):

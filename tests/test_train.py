@@ -9,14 +9,15 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
 import torch
 
 import train
-from training.config import TrainConfig, load_settings
+from conftest import help_groups
+from training.config import MODEL_FIELDS, TrainConfig, load_settings
 from training.optim import lr_scale, make_optimizers
 from configs import available_configs, build, load_config_file
 from model.checkpoint import load_checkpoint, model_from_checkpoint
@@ -69,8 +70,6 @@ def test_shipped_configs_build():
     assert (c.learning_rate, c.warmup_iters, c.min_lr, c.decay_iters, c.max_iters, c.beta2) == \
         (1e-3, 100, 1e-4, 5000, 5000, 0.99)
     assert c.dataset == "tinyshakespeare" and c.tokenizer == "char"
-    # the GPU default spelled out: configs/shakespeare.toml is exactly the dataclass defaults
-    assert build(TrainConfig, load_config_file(TrainConfig, "shakespeare")) == TrainConfig()
 
 
 def test_window_cpu_is_the_cpu_run_with_rope_and_a_window():
@@ -82,6 +81,11 @@ def test_window_cpu_is_the_cpu_run_with_rope_and_a_window():
 
 
 def test_no_arguments_picks_a_config_for_the_machine(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU: configs/shakespeare.toml
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    cfg, ckpt, origin = load_settings([])
+    assert ckpt is None and "configs/shakespeare.toml" in origin and cfg.dropout == 0.2
+    assert cfg == build(TrainConfig, load_config_file(TrainConfig, "shakespeare"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cfg, ckpt, origin = load_settings([])
     assert ckpt is None and "configs/cpu.toml" in origin
@@ -103,6 +107,28 @@ def test_help_lists_every_key(capsys):
                 "grad_clip", "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval",
                 "init_from", "wandb_log", "wandb_project", "wandb_run_name"]:
         assert f"--{key}=" in out, key
+
+
+def test_help_lists_each_setting_once_under_a_heading(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit):
+        train.main(["--help"])
+    out = capsys.readouterr().out
+    groups = help_groups(out)
+    assert list(groups) == ["model", "data", "optimizer and schedule", "evaluation and checkpoints",
+                            "system", "logging"]
+    assert groups["model"] == list(MODEL_FIELDS)  # every model setting, with model/config.py's help
+    hidden = {f.name for f in fields(TrainConfig) if f.metadata.get("hidden")}
+    assert hidden == {"data_root", "stop_at_val_loss"}  # what only tests and benchmarks set
+    listed = [key for keys in groups.values() for key in keys]
+    assert sorted(listed) == sorted(f.name for f in fields(TrainConfig) if f.name not in hidden)
+    rows = [line for line in out.splitlines() if line.startswith("  --")]
+    column = next(r for r in rows if r.startswith("  --n_layer=")).index("transformer blocks")
+    for row in rows:  # each says what it does
+        assert row[column:].split("[from ")[0].strip(), row
+    assert not any(f"--{key}" in out for key in hidden)
+    cfg, _, _ = load_settings(["--data_root=prepared-elsewhere", "--stop_at_val_loss=1.5"])  # still settable
+    assert (cfg.data_root, cfg.stop_at_val_loss) == ("prepared-elsewhere", 1.5)
 
 
 @pytest.mark.parametrize("gpu, argv, shown", [

@@ -50,7 +50,7 @@ def test_reprefill_marks_follow_the_decode_policy():
     model.forward = lambda idx, *a, **kw: sizes.append(idx.size(1)) or forward(idx, *a, **kw)
     list(decode(model, torch.zeros(1, 1, dtype=torch.long), 64, temperature=0))
     made_after = [i for i, n in enumerate(sizes) if n > 1]   # forward i makes token i (0: the prompt)
-    assert bench.reprefills(1, 64, 16, 8) == made_after == [16, 25, 34, 43, 52, 61]  # every keep + 1
+    assert bench.reprefills(1, 64, model.config) == made_after == [16, 25, 34, 43, 52, 61]  # every keep + 1
 
 
 def test_bad_setting_is_one_clear_error(capsys):

@@ -1,91 +1,72 @@
 """Every setting of a training run, in one typed dataclass, and where a run's settings come from.
 
 Layers, later wins:
-    TrainConfig's defaults  <  configs/cpu.toml (no config file given and no GPU)
+    TrainConfig's defaults  <  no config file given: configs/shakespeare.toml on a GPU,
+                               configs/cpu.toml without one
                             or the checkpoint's own settings (--init_from=resume)
                             <  the config file  <  --key=value
 """
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal
 
 from common.device import resolve_device
 from common.errors import ConfigError
-from configs import build, load_config_file, read_args
-from model import GPTConfig
+from configs import HIDDEN, build, load_config_file, read_args
+from data.tokenizers import HUB_NAMES
 from model.checkpoint import CheckpointError, load_checkpoint
+from model.config import GPTConfig, ModelSettings
 
 
 @dataclass
-class TrainConfig:
-    # I/O
-    out_dir: str = "out"                # checkpoints (ckpt.pt best, last.pt latest), metrics.jsonl, loss.svg
-    init_from: str = "scratch"          # scratch; resume (continue out_dir/last.pt exactly); or GPT-2's weights: gpt2, gpt2-medium, gpt2-large, gpt2-xl or a Hugging Face GPT-2 folder
-    eval_interval: int = 250            # evaluate (and write last.pt) every this many steps
-    eval_iters: int = 200               # batches per split in each evaluation
-    log_interval: int = 10              # a metrics line every this many steps
-    always_save_checkpoint: bool = True  # write last.pt at every eval (false: only at the end)
-    # data
+class TrainConfig(ModelSettings):  # the model's settings are ModelSettings' fields (model/config.py)
+    # -- data --
     dataset: str = "shakespeare"        # shakespeare (offline), tinyshakespeare, or a .txt file / folder
-    tokenizer: Literal["char", "gpt2", "bpe"] = "char"
+    tokenizer: Literal["char", "gpt2", "bpe"] = "char"  # characters, GPT-2's BPE, or a BPE trained on the corpus
     tokenizer_vocab_size: int | None = None  # bpe only; none = data's default (2048)
     data_source: str | None = None      # a local copy of tinyshakespeare's input.txt (no download)
-    data_root: str | None = None        # where prepared datasets live; none = data/prepared
-    # model: every GPTConfig field but vocab_size, which the data decides (model/config.py)
-    n_layer: int = 6
-    n_head: int = 6
-    n_kv_head: int | None = None        # none = n_head (MHA); fewer = grouped-query, 1 = multi-query
-    n_embd: int = 384
-    block_size: int = 256               # context length in tokens
-    dropout: float = 0.2
-    bias: bool = False                  # biases in Linear and LayerNorm layers
-    pos_emb: Literal["learned", "rope"] = "learned"
-    rope_base: float = 10000.0          # RoPE's frequency base
-    attn_impl: Literal["sdpa", "explicit"] = "sdpa"
-    attn_window: int = 0                # > 0: each token sees its last attn_window tokens only (with rope, sampling runs past block_size)
-    # model options from the speedrun line of work (configs/speedrun*.toml); defaults = GPT-2's
-    norm: Literal["layernorm", "rmsnorm"] = "layernorm"  # rmsnorm: parameter-free
-    embed_norm: bool = False            # a norm right after the embedding
-    qk_norm: bool = False               # RMS-normalise q and k per head
-    mlp_act: Literal["gelu", "relu2", "gelu_tanh"] = "gelu"  # relu2: ReLU squared; gelu_tanh: GPT-2's approximation
-    zero_init: bool = False             # residual output projections (and an untied head) start at 0
-    tie_embeddings: bool = True         # the head shares the token embedding matrix
-    logit_softcap: float = 0.0          # > 0: logits = c * tanh(logits / c)
-    x0_shortcut: bool = False           # every block also reads the embeddings, mixed in by two learned scalars
-    # optimization
+    data_root: str | None = field(default=None, metadata=HIDDEN)  # where prepared datasets live; none = data/prepared
+    # -- optimizer and schedule --
     batch_size: int = 64                # sequences per micro-batch (per process)
     gradient_accumulation_steps: int | None = None  # micro-batches per step over all processes; none = one per process
-    learning_rate: float = 1e-3         # peak, reached after warmup
     max_iters: int = 5000               # optimizer steps in all
+    optimizer: Literal["adamw", "muon"] = "adamw"  # muon: Muon for the blocks' matrices, AdamW for the rest
+    learning_rate: float = 1e-3         # peak, reached after warmup
+    weight_decay: float = 0.1           # AdamW's, on matrices only (Muon's matrices: muon_weight_decay)
+    beta1: float = 0.9                  # AdamW's momentum
+    beta2: float = 0.99                 # AdamW's decay of the squared gradients' average
+    grad_clip: float = 1.0              # clip the gradient's global norm to this; 0 = off
+    muon_lr: float = 0.02               # Muon's peak learning rate (the schedule scales it like learning_rate)
+    muon_momentum: float = 0.95         # Muon's momentum
+    muon_momentum_warmup: int = 0       # Muon's momentum rises linearly from 0.85 to muon_momentum over this many steps
+    muon_weight_decay: float = 0.0      # Muon's own decoupled decay: a muon_lr*muon_weight_decay shrink per step; 0: decay did no better in the CPU speedrun (README, Speedrun)
+    decay_lr: bool = True               # false: constant learning_rate
+    lr_schedule: Literal["cosine", "wsd"] = "cosine"  # wsd: warmup, stable, linear cooldown to min_lr
     warmup_iters: int = 100             # linear warmup from ~0 to learning_rate
     lr_decay_iters: int | None = None   # the decay ends here; none = max_iters
     min_lr: float = 1e-4                # after decay (usually learning_rate / 10)
-    decay_lr: bool = True               # false: constant learning_rate
-    weight_decay: float = 0.1           # AdamW's, on matrices only (Muon's matrices: muon_weight_decay)
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0              # clip the gradient's global norm to this; 0 = off
-    optimizer: Literal["adamw", "muon"] = "adamw"  # muon: Muon for the blocks' matrices, AdamW for the rest
-    muon_lr: float = 0.02               # Muon's peak learning rate (the schedule scales it like learning_rate)
-    muon_momentum: float = 0.95
-    muon_momentum_warmup: int = 0       # Muon's momentum rises linearly from 0.85 to muon_momentum over this many steps
-    muon_weight_decay: float = 0.0      # Muon's own decoupled decay: a muon_lr*muon_weight_decay shrink per step; 0: decay did no better in the CPU speedrun (README, Speedrun)
-    lr_schedule: Literal["cosine", "wsd"] = "cosine"  # wsd: warmup, stable, linear cooldown to min_lr
     cooldown_frac: float = 0.3          # wsd: the last fraction of the decay spent cooling down
-    # system
-    device: str = "auto"                # auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 where the GPU has it, fp16 on older GPUs, fp32 off CUDA
-    compile: bool | None = None         # torch.compile the model; none = on CUDA only
-    seed: int = 1337
-    data_on_device: bool = False        # keep the train split on the device (one copy per process), gather batches there
+    # -- evaluation and checkpoints --
+    out_dir: str = "out"                # checkpoints (ckpt.pt best, last.pt latest), metrics.jsonl, loss.svg
+    init_from: str = field(default="scratch", metadata={"help": f"scratch; resume (continue out_dir/last.pt exactly); or GPT-2's weights: {', '.join(HUB_NAMES)} or a Hugging Face GPT-2 folder"})
+    eval_interval: int = 250            # evaluate (and write last.pt) every this many steps
+    eval_iters: int = 200               # batches per split in each evaluation
     eval_full_val: bool = False         # val loss from one exact pass over the whole val split
     eval_at_start: bool = True          # also evaluate before the first step (false: a speedrun's seconds)
-    stop_at_val_loss: float | None = None  # stop as soon as an eval reaches this val loss
+    always_save_checkpoint: bool = True  # write last.pt at every eval (false: only at the end)
+    stop_at_val_loss: float | None = field(default=None, metadata=HIDDEN)  # stop as soon as an eval reaches this val loss
+    # -- system --
+    device: str = "auto"                # auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: the device's rule for training (common/device.py, default_dtype)
+    compile: bool | None = None         # torch.compile the model; none = on CUDA only
+    seed: int = 1337                    # the weights' init, the batches and dropout follow from it
+    data_on_device: bool = False        # keep the train split on the device (one copy per process), gather batches there
+    # -- logging --
+    log_interval: int = 10              # a metrics line every this many steps
     peak_flops: float | None = None     # the device's peak FLOP/s for MFU; none = known GPUs only
-    # logging
     wandb_log: bool = False             # log to Weights & Biases (WANDB_MODE=offline works)
-    wandb_project: str = "qkvgpt"
+    wandb_project: str = "qkvgpt"       # the Weights & Biases project
     wandb_run_name: str | None = None   # none = out_dir and the start time
 
     def __post_init__(self):
@@ -119,8 +100,7 @@ class TrainConfig:
         return self.max_iters if self.lr_decay_iters is None else self.lr_decay_iters
 
 
-# the model's settings are GPTConfig's fields (vocab_size comes from the data)
-MODEL_FIELDS = tuple(f.name for f in fields(GPTConfig) if f.name != "vocab_size")
+MODEL_FIELDS = tuple(f.name for f in fields(ModelSettings))  # GPTConfig's but vocab_size, which the data decides
 # what a resumed run must keep: the model's shape and its data. Dropout and the attention path
 # may change, since they compute with the same weights.
 LOCKED = tuple(k for k in MODEL_FIELDS if k not in ("dropout", "attn_impl")) + \
@@ -132,7 +112,7 @@ def model_config(cfg: TrainConfig, vocab_size: int) -> GPTConfig:
 
 
 DESCRIPTION = """Train a GPT. With no config file the defaults are sized for the machine: the full
-run below on a GPU, configs/cpu.toml (a few minutes on two cores) without one."""
+configs/shakespeare.toml on a GPU, configs/cpu.toml (a few minutes on two cores) without one."""
 
 
 def load_settings(argv: list[str]) -> tuple[TrainConfig, dict | None, str]:
@@ -140,10 +120,12 @@ def load_settings(argv: list[str]) -> tuple[TrainConfig, dict | None, str]:
     path, values = read_args(TrainConfig, argv, prog="train.py", description=DESCRIPTION, base=machine_default)
     if values.get("init_from") == "resume":
         return resume_settings(path, values)
-    origin = f"config: {path}" if path else "config: the defaults (configs/shakespeare.toml)"
-    if machine_default(path, values)[0]:
-        origin = "config: configs/cpu.toml, the CPU-sized default (no GPU in use; on a GPU " \
-                 "`python train.py` runs the full configs/shakespeare.toml)"
+    origin = f"config: {path}"
+    if path is None:
+        origin = "config: configs/shakespeare.toml, the default on a GPU"
+        if machine_default(path, values)[1] == "cpu.toml":
+            origin = "config: configs/cpu.toml, the CPU-sized default (no GPU in use; on a GPU " \
+                     "`python train.py` runs the full configs/shakespeare.toml)"
     cfg = build(TrainConfig, values)
     if cfg.pretrained:
         origin += f", the model's shape from {cfg.init_from}"
@@ -167,15 +149,17 @@ def pretrained_settings(cfg: TrainConfig) -> TrainConfig:
 
 
 def machine_default(path, values: dict) -> tuple[dict, str | None]:
-    """The layer under a run's settings when no config file is given: configs/cpu.toml where no
-    GPU will run (the full default would take hours on a CPU), nothing on a GPU or on resume."""
+    """The layer under a run's settings when no config file is given: configs/shakespeare.toml on
+    a GPU, configs/cpu.toml where no GPU will run (the full run would take hours on a CPU);
+    nothing on resume."""
     if path is not None or values.get("init_from") == "resume":
         return {}, None
     try:
         on_gpu = resolve_device(values.get("device", "auto")).type == "cuda"
     except ConfigError:
         on_gpu = False  # a bad --device is reported when the run starts
-    return ({}, None) if on_gpu else (load_config_file(TrainConfig, "cpu"), "cpu.toml")
+    name = "shakespeare" if on_gpu else "cpu"
+    return load_config_file(TrainConfig, name), f"{name}.toml"
 
 
 def resume_settings(path, values: dict):

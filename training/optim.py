@@ -43,7 +43,7 @@ def lr_scale(it: int, cfg) -> float:
     loss drops most during that cooldown). The decay ends at lr_decay_iters, or by default at
     max_iters, so a shortened run still anneals."""
     if cfg.learning_rate == 0:
-        return 0.0  # as before Muon had its own peak: learning_rate=0 freezes every group
+        return 0.0  # learning_rate=0 freezes every group, Muon's too
     if not cfg.decay_lr:
         return 1.0
     floor, end = cfg.min_lr / cfg.learning_rate, cfg.decay_iters

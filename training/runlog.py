@@ -5,6 +5,7 @@
                             "train_loss", "val_loss", "train_time"} every eval, and one
                             {"kind": "warmup", "iter", "seconds"}: the first step (compilation), and at the end
                             {"kind": "phases", ...}: where the run's wall time went, in seconds
+                            (viz/metrics.py reads it back)
     out_dir/loss.svg        the loss curve, redrawn at every eval: open it in a browser
     wandb                   the same records, if --wandb_log (it never blocks or stops a run)
     the console             a progress bar on a terminal, plain lines in a log file
@@ -23,40 +24,7 @@ from tqdm import tqdm
 
 from common.files import atomic_write
 from viz.loss_plot import loss_svg
-
-
-def read_records(path) -> tuple[list[dict], int]:
-    """(the records of a metrics.jsonl, how many lines did not parse): a line cut short by a
-    crash is counted, not fatal."""
-    records, bad = [], 0
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                if not isinstance(record, dict) or "kind" not in record or "iter" not in record:
-                    raise ValueError
-                records.append(record)
-            except ValueError:
-                bad += 1
-    return records, bad
-
-
-def read_metrics(path):
-    """-> (train [(iter, loss)], evals [(iter, train_loss, val_loss)], n_bad_lines), what the
-    loss curve draws. A later line for an iteration replaces an earlier one."""
-    records, bad = read_records(path)
-    train, evals = {}, {}
-    for r in records:
-        try:
-            if r["kind"] == "train":
-                train[int(r["iter"])] = float(r["loss"])
-            elif r["kind"] == "eval":
-                evals[int(r["iter"])] = (float(r["train_loss"]), float(r["val_loss"]))
-        except (KeyError, TypeError, ValueError):
-            bad += 1
-    return sorted(train.items()), [(i, a, b) for i, (a, b) in sorted(evals.items())], bad
+from viz.metrics import read_metrics, read_records
 
 
 class RunLog:

@@ -4,4 +4,5 @@
     attention_page.html its template (plain HTML, CSS and JavaScript; edit it as such)
     loss_plot.py        line charts as static SVG: the loss curve (out_dir/loss.svg, and on the
                         page) and the curves of `python -m lab`
+    metrics.py          reading a run's metrics.jsonl back (the loss curve, resume, the benchmarks)
 """

@@ -27,8 +27,8 @@ import torch
 
 from common.errors import UserError
 from common.files import atomic_write
-from training.runlog import read_metrics
 from .loss_plot import loss_svg
+from .metrics import read_metrics
 
 MAX_TOKENS = 256          # default cap on the tokens shown
 MAX_WEIGHTS = 2_000_000   # cap on the numbers embedded (all layers and heads): a few MB of page

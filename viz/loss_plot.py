@@ -1,7 +1,7 @@
 """Line charts as static SVG, with round-numbered axes: a run's loss curve, and the lab's curves.
 
     loss_svg(train, evals) -> str    train: [(iter, loss)], evals: [(iter, train_loss, val_loss)]
-                                     (training.runlog.read_metrics reads them from metrics.jsonl)
+                                     (metrics.py reads them from a run's metrics.jsonl)
     lines_svg(series, ...) -> str    any named lines [(name, colour, stroke width, [(x, y)])]
 
 train.py writes loss_svg to out_dir/loss.svg at every evaluation, and the attention page embeds it;
