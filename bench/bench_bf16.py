@@ -4,7 +4,8 @@
     OMP_NUM_THREADS=2 python bench/bench_bf16.py --repeats=30
 
   newton-schulz  one Muon step's orthogonalisation of the speedrun_cpu model's matrices
-  decode         sample.py's cached decode, batch 1, of the shakespeare_char shape (random weights)
+  decode         sample.py's cached decode of 64 tokens for 1, 16 and 64 sequences at once
+                 (num_samples), the shakespeare_char shape with random weights
   evaluation     a forward pass over a batch of val windows, no gradients (the full-val pass)
   training       a forward + backward of speedrun_cpu's batch, float32 against bf16 autocast
 
@@ -54,12 +55,12 @@ def newton_schulz():
     return run, newton_schulz_dtype("cpu", None)
 
 
-def decoding():
+def decoding(rows: int):
     model, _ = model_of("shakespeare_char")
     copies = {d: GPT(model.config).to(d).eval() for d in DTYPES}
     for m in copies.values():
         m.load_state_dict(model.state_dict())
-    idx = torch.zeros(1, 1, dtype=torch.long)
+    idx = torch.zeros(rows, 1, dtype=torch.long)
 
     def run(dtype):
         for _ in decode(copies[dtype], idx, 64, temperature=0.8, top_k=200, seed=0):
@@ -79,7 +80,7 @@ def evaluation():
     @torch.no_grad()
     def run(dtype):
         copies[dtype](x, y)
-    return run, torch.float32  # evaluate() computes in the training dtype
+    return run, default_dtype("cpu", use="eval")
 
 
 def training():
@@ -97,7 +98,9 @@ def training():
     return run, default_dtype("cpu", use="train")
 
 
-USES = {"newton-schulz": newton_schulz, "decode": decoding, "evaluation": evaluation, "training": training}
+USES = {"newton-schulz": newton_schulz, "decode, 1 row": lambda: decoding(1),
+        "decode, 16 rows": lambda: decoding(16), "decode, 64 rows": lambda: decoding(64),
+        "evaluation": evaluation, "training": training}
 
 
 def main():
@@ -107,7 +110,7 @@ def main():
     args = p.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; this CPU computes bf16 natively "
           f"(AVX512-BF16 or AMX): {cpu_bf16()}")
-    print(f"{'use':<14} {'float32 ms':>10} {'bf16 ms':>9} {'bf16 speed-up':>13}  dtype=auto here")
+    print(f"{'use':<16} {'float32 ms':>10} {'bf16 ms':>9} {'bf16 speed-up':>13}  dtype=auto here")
     rows = []
     for name, make in USES.items():
         run, auto = make()
@@ -122,7 +125,7 @@ def main():
         f32, b16 = (1000 * statistics.median(times[d]) for d in DTYPES)
         rows.append({"use": name, "float32_ms": f32, "bfloat16_ms": b16, "speedup": f32 / b16,
                      "auto": str(auto).removeprefix("torch.")})
-        print(f"{name:<14} {f32:10.2f} {b16:9.2f} {f32 / b16:12.2f}x  {rows[-1]['auto']}", flush=True)
+        print(f"{name:<16} {f32:10.2f} {b16:9.2f} {f32 / b16:12.2f}x  {rows[-1]['auto']}", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),

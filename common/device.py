@@ -5,7 +5,7 @@ and the benchmarks, written as small functions so the GPU rules can be tested on
     native_bf16(device)       -> does the hardware compute bfloat16 itself? CUDA from compute
                                  capability 8.0 (A100, H100, RTX 30xx/40xx, L4, ...); a CPU with
                                  AVX512-BF16 or AMX-BF16 units
-    default_dtype(device, use) -> what dtype=auto means, for training or for decoding
+    default_dtype(device, use) -> what dtype=auto means, for training, evaluation or decoding
     ddp_backend(device)       -> nccl for CUDA runs, gloo for everything else
 
 Why not torch.cuda.is_bf16_supported(): it also returns True on GPUs that merely emulate bf16
@@ -94,21 +94,22 @@ def native_bf16(device_type: str, cap: tuple[int, int] | None = None, cpu: dict 
 def default_dtype(device_type: str, cap: tuple[int, int] | None = None, use: str = "train",
                   cpu: dict | None = None) -> torch.dtype:
     """What dtype=auto means, for a use: "train" (the training steps), "eval" (the loss passes of
-    an evaluation, no backward) or "decode" (sampling): the one rule, which every setting, script
-    and document points to. On CUDA the same for all three: bf16 where native, fp16 on older GPUs
-    (training then needs a GradScaler, which train.py turns on). On a CPU that computes bf16,
-    each use as it runs best there (bench/bench_bf16.py measures it): evaluation and decoding in
-    bf16, the training steps in float32 (autocast's casts cost more than its matmuls save at
-    this project's sizes). float32 elsewhere."""
+    an evaluation, no backward) or "decode" (sampling): the one rule,
+    which every setting, script and document points to. On CUDA the same for all three: bf16
+    where native, fp16 on older GPUs (training then needs a GradScaler, which train.py turns on).
+    On a CPU that computes bf16, each use as it runs best there (bench/bench_bf16.py measures
+    it): evaluation in bf16; the training steps in float32 (autocast's casts cost more than its
+    matmuls save at this project's sizes) and decoding too (sample.py as a whole ran slower in
+    bf16). float32 elsewhere."""
     if device_type == "cuda":
         return torch.bfloat16 if native_bf16(device_type, cap) else torch.float16
-    if use in ("eval", "decode") and native_bf16(device_type, cap, cpu):
+    if use == "eval" and native_bf16(device_type, cap, cpu):
         return torch.bfloat16
     return torch.float32
 
 
 def resolve_dtype(name: str, device: torch.device, use: str = "train") -> torch.dtype:
-    """'auto' (for training or for decoding) or a dtype name -> torch.dtype."""
+    """'auto' (default_dtype's rule for this use) or a dtype name -> torch.dtype."""
     if name == "auto":
         return default_dtype(device.type, capability(device), use)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(name)

@@ -37,9 +37,11 @@ NO_BF16 = {"avx512_f": True, "avx2": True, "avx512_bf16": False, "amx_bf16": Fal
 def test_cpu_bf16_from_the_cpus_capabilities(cpu, native):
     assert cpu_bf16(cpu) == native
     assert native_bf16("cpu", None, cpu) == native
-    # training stays float32 on every CPU; decoding takes bf16 only where the CPU computes it
+    # training and decoding stay float32 on every CPU; evaluation takes bf16 where the CPU computes it
+    bf16 = torch.bfloat16 if native else torch.float32
     assert default_dtype("cpu", None, "train", cpu) == torch.float32
-    assert default_dtype("cpu", None, "decode", cpu) == (torch.bfloat16 if native else torch.float32)
+    assert default_dtype("cpu", None, "eval", cpu) == bf16
+    assert default_dtype("cpu", None, "decode", cpu) == torch.float32
 
 
 def test_cpu_bf16_reads_proc_cpuinfo_on_a_torch_without_get_capabilities(monkeypatch, tmp_path):
@@ -63,7 +65,7 @@ def test_backend_follows_the_runs_device_not_the_machine():
 def test_resolve_device_and_dtype_here():
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
-    assert resolve_dtype("auto", torch.device("cpu"), use="decode") == \
+    assert resolve_dtype("auto", torch.device("cpu"), use="eval") == \
         (torch.bfloat16 if cpu_bf16() else torch.float32)
     assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
     with pytest.raises(ConfigError, match="--device=tpu"):
