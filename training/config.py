@@ -40,7 +40,7 @@ class TrainConfig(ModelSettings):  # the model's settings are ModelSettings' fie
     muon_lr: float = 0.02               # Muon's peak learning rate (the schedule scales it like learning_rate)
     muon_momentum: float = 0.95         # Muon's momentum
     muon_momentum_warmup: int = 0       # Muon's momentum rises linearly from 0.85 to muon_momentum over this many steps
-    muon_weight_decay: float = 0.0      # Muon's own decoupled decay: a muon_lr*muon_weight_decay shrink per step; 0: decay did no better in the CPU speedrun (README, Speedrun)
+    muon_weight_decay: float = 0.0      # Muon's own decoupled decay: a muon_lr*muon_weight_decay shrink per step; 0: decay did no better in the CPU speedrun (docs/speedrun.md)
     decay_lr: bool = True               # false: constant learning_rate
     lr_schedule: Literal["cosine", "wsd"] = "cosine"  # wsd: warmup, stable, linear cooldown to min_lr
     warmup_iters: int = 100             # linear warmup from ~0 to learning_rate
@@ -112,7 +112,7 @@ def model_config(cfg: TrainConfig, vocab_size: int) -> GPTConfig:
 
 
 DESCRIPTION = """Train a GPT. With no config file the defaults are sized for the machine: the full
-configs/shakespeare.toml on a GPU, configs/cpu.toml (a few minutes on two cores) without one."""
+configs/shakespeare.toml on a GPU, configs/cpu.toml (the speedrun recipe, under a minute on two cores) without one."""
 
 
 def load_settings(argv: list[str]) -> tuple[TrainConfig, dict | None, str]:
