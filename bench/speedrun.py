@@ -15,8 +15,11 @@ replaced. For every run the table shows:
   train s    our runs only: train.py's own clock, the optimizer steps alone
   val        our runs: the exact loss of the run's ckpt.pt over the whole val split, measured here
              after the run (not timed); external runs: the last --external_loss match in its output
-It prints one table and the mean wall time of each entry, then writes it all as JSON. It
-asserts nothing. Nothing of any external project is part of this one: bring your own checkout.
+It prints one table and the mean wall time of each entry; with --target, for each of our configs,
+a one-sided t-test (scipy.stats.ttest_1samp) that its mean val is below the target, as
+modded-nanogpt asks of a record; against each external recipe the wall-time ratio seed by seed
+(the two runs of a seed are neighbours in time), its mean and spread. Then it writes it all as
+JSON. It asserts nothing. Nothing of any external project is part of this one: bring your own checkout.
 """
 
 import argparse
@@ -32,6 +35,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from scipy.stats import ttest_1samp  # noqa: E402
 
 from training.evaluate import exact_val_loss  # noqa: E402
 from viz.metrics import read_records  # noqa: E402
@@ -119,17 +124,34 @@ def main():
         s = {"wall_s": statistics.mean(walls), "wall_stdev": statistics.stdev(walls) if len(walls) > 1 else 0.0,
              "train_s": statistics.mean(trains) if trains else None,
              "reached": sum(bool(r["reached"]) for r in mine), "runs": len(mine)}
+        vals = [r["val"] for r in mine if r["val"] is not None]
+        if vals:
+            s.update(val_mean=statistics.mean(vals), val_max=max(vals))
         summary[name] = s
         print(f"  {name:<22} {s['wall_s']:6.1f} s ± {s['wall_stdev']:.1f}"
               + (f"   (train {s['train_s']:.1f} s)" if s["train_s"] is not None else "")
+              + (f"   val mean {s['val_mean']:.4f}, max {s['val_max']:.4f}" if vals else "")
               + (f"   reached {s['reached']}/{s['runs']}" if args.target is not None else ""))
-    # each of our configs against each external recipe, or against the first config if none
+    if args.target is not None:
+        for name in args.configs:
+            vals = [r["val"] for r in rows if r["name"] == name]
+            if len(vals) > 1:
+                t = ttest_1samp(vals, args.target, alternative="less")
+                summary[name].update(t=float(t.statistic), p=float(t.pvalue))
+                print(f"  {name}: mean val below {args.target} by a one-sided t-test over {len(vals)} "
+                      f"seeds: t = {t.statistic:.2f}, p = {t.pvalue:.2g}")
+    # each of our configs against each external recipe, or against the first config if none;
+    # the ratio of each seed's pair of runs, then their mean and spread
     for ref in [n for n, _ in externals] or args.configs[:1]:
         for name in args.configs:
             if name != ref:
-                ratio = summary[ref]["wall_s"] / summary[name]["wall_s"]
-                summary[name][f"speedup_vs_{ref}"] = ratio
-                print(f"  {name}: {ratio:.2f}x less wall time than {ref}")
+                wall = {(r["name"], r["seed"]): r["wall_s"] for r in rows}
+                ratios = [wall[name, seed] / wall[ref, seed] for seed in args.seeds]
+                spread = statistics.stdev(ratios) if len(ratios) > 1 else 0.0
+                summary[name][f"wall_ratio_vs_{ref}"] = {"per_seed": ratios, "mean": statistics.mean(ratios),
+                                                        "stdev": spread, "min": min(ratios), "max": max(ratios)}
+                print(f"  {name} / {ref} wall time, seed by seed: {statistics.mean(ratios):.3f} ± {spread:.3f} "
+                      f"(min {min(ratios):.3f}, max {max(ratios):.3f}; {1 / statistics.mean(ratios):.2f}x less)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"target": args.target, "extra": extra, "runs": rows, "summary": summary,

@@ -33,7 +33,7 @@ from training.optim import make_optimizers  # noqa: E402
 # each speedrun option and the baseline's choice it is switched back to
 OPTIONS = {"optimizer": "adamw", "pos_emb": "learned", "norm": "layernorm", "embed_norm": False,
            "qk_norm": False, "mlp_act": "gelu", "zero_init": False, "tie_embeddings": True,
-           "logit_softcap": 0.0}
+           "logit_softcap": 0.0, "x0_shortcut": False}
 PHASES = ("forward", "backward", "clip", "optimizer", "zero_grad")
 
 

@@ -39,4 +39,11 @@ def test_speedrun_bench_smoke(tmp_path):
         assert "--optimizer=muon" in r["command"] and f"--seed={r['seed']}" in r["command"]
     assert [r["val"] for r in other] == [2.05, 2.15] and all(r["wall_s"] >= 0.5 for r in other)
     assert ours[0]["val"] != ours[1]["val"]                           # the seed reached the run
-    assert "less wall time than other" in proc.stdout and "reached 2/2" in proc.stdout
+    assert "less)" in proc.stdout and "reached 2/2" in proc.stdout
+    # the t-test is one-sided, below the target: both runs under it give t < 0 and p < 0.5
+    mine = result["summary"][str(config)]
+    assert mine["t"] < 0 and 0 < mine["p"] < 0.5 and mine["val_max"] == max(r["val"] for r in ours)
+    # the wall ratio pairs each seed's two runs
+    ratio = mine["wall_ratio_vs_other"]
+    assert ratio["per_seed"] == [a["wall_s"] / b["wall_s"] for a, b in zip(ours, other)]
+    assert ratio["min"] <= ratio["mean"] <= ratio["max"]
