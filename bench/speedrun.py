@@ -142,10 +142,10 @@ def main():
                       f"seeds: t = {t.statistic:.2f}, p = {t.pvalue:.2g}")
     # each of our configs against each external recipe, or against the first config if none;
     # the ratio of each seed's pair of runs, then their mean and spread
+    wall = {(r["name"], r["seed"]): r["wall_s"] for r in rows}
     for ref in [n for n, _ in externals] or args.configs[:1]:
         for name in args.configs:
             if name != ref:
-                wall = {(r["name"], r["seed"]): r["wall_s"] for r in rows}
                 ratios = [wall[name, seed] / wall[ref, seed] for seed in args.seeds]
                 spread = statistics.stdev(ratios) if len(ratios) > 1 else 0.0
                 summary[name][f"wall_ratio_vs_{ref}"] = {"per_seed": ratios, "mean": statistics.mean(ratios),

@@ -94,13 +94,13 @@ def native_bf16(device_type: str, cap: tuple[int, int] | None = None, cpu: dict 
 def default_dtype(device_type: str, cap: tuple[int, int] | None = None, use: str = "train",
                   cpu: dict | None = None) -> torch.dtype:
     """What dtype=auto means, for a use: "train" (the training steps), "eval" (the loss passes of
-    an evaluation, no backward) or "decode" (sampling): the one rule,
-    which every setting, script and document points to. On CUDA the same for all three: bf16
-    where native, fp16 on older GPUs (training then needs a GradScaler, which train.py turns on).
-    On a CPU that computes bf16, each use as it runs best there (bench/bench_bf16.py measures
-    it): evaluation in bf16; the training steps in float32 (autocast's casts cost more than its
-    matmuls save at this project's sizes) and decoding too (sample.py as a whole ran slower in
-    bf16). float32 elsewhere."""
+    an evaluation, no backward) or "decode" (sampling): the one rule, which every setting, script
+    and document points to. On CUDA the same for all three: bf16 where native, fp16 on older GPUs
+    (training then needs a GradScaler, which train.py turns on). On a CPU that computes bf16,
+    each use as it runs best there (bench/bench_bf16.py measures it): evaluation in bf16; the
+    training steps in float32 (autocast's casts cost more than its matmuls save at this
+    project's sizes), and decoding too (sample.py as a whole ran slower in bf16). float32
+    elsewhere."""
     if device_type == "cuda":
         return torch.bfloat16 if native_bf16(device_type, cap) else torch.float16
     if use == "eval" and native_bf16(device_type, cap, cpu):

@@ -83,6 +83,16 @@ def test_window_cpu_is_the_cpu_run_with_a_window():
     assert cpu.pos_emb == "rope" and replace(cpu, attn_window=16, out_dir="out-window-cpu") == window
 
 
+def test_speedrun_cpu_is_the_cpu_recipe_on_tiny_shakespeare():
+    """configs/speedrun_cpu.toml and configs/cpu.toml are one recipe: they differ in the data,
+    the step count (and the settings that follow it) and how the one evaluation is taken."""
+    cpu = build(TrainConfig, load_config_file(TrainConfig, "cpu"))
+    run = build(TrainConfig, load_config_file(TrainConfig, "speedrun_cpu"))
+    steps = run.max_iters
+    assert replace(cpu, out_dir=run.out_dir, dataset="tinyshakespeare", max_iters=steps, eval_interval=steps,
+                   muon_momentum_warmup=steps, eval_full_val=False) == run
+
+
 def test_no_arguments_picks_a_config_for_the_machine(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU: configs/shakespeare.toml
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
