@@ -294,7 +294,7 @@ def test_the_runs_loss_svg_renders(driver, tmp_path):
     assert train.main([f"--dataset={tmp_path / 't.txt'}", f"--data_root={tmp_path / 'prep'}", f"--out_dir={out}",
                        "--device=cpu", "--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=16",
                        "--batch_size=4", "--max_iters=30", "--eval_interval=10", "--eval_iters=2",
-                       "--log_interval=1", "--warmup_iters=2"]) == 0
+                       "--log_interval=1", "--warmup_iters=2", "--eval_at_start=true"]) == 0
     driver.set_window_size(700, 340)
     try:
         driver.get("about:blank")
