@@ -12,8 +12,8 @@ rows are per-token scores, so orthogonalising their updates does not fit them.
 
 Same-shape matrices are orthogonalised together, as one batch (n, out, in): a GPT has only three
 shapes (q/k/v/o, fc, proj), so a step runs Newton-Schulz three times, batched, instead of once per
-matrix. On a GPU that is what counts: one Newton-Schulz is ~45 small kernels, and one per matrix
-(~36 of them) meant ~1,800 launches a step, longer than the model's compiled forward+backward.
+matrix. On a GPU that is what counts: Muon's cost there is its number of small kernel launches,
+not its arithmetic (docs/speedrun.md).
 
 Why not torch.optim.Muon (PyTorch >= 2.9)? It runs Newton-Schulz in bfloat16 always, which is
 fast where the hardware computes bf16 but slower than float32 where it only emulates it; here the
@@ -55,8 +55,8 @@ def orthogonalize(G, steps: int = 5, eps: float = 1e-7, dtype: torch.dtype | Non
     X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)
     for _ in range(steps):
         # X <- a X + (b A + c A^2) X, with A = X X^T. baddbmm(C, P, Q, beta, alpha) computes
-        # beta * C + alpha * P @ Q in one call: on a CPU this step is compute-bound, and folding
-        # the scaling and the sums into the matmuls saves ~a quarter of its time
+        # beta * C + alpha * P @ Q in one call: on a CPU this step is compute-bound, and the
+        # scaling and the sums folded into the matmuls cost no extra passes over memory
         A = X @ X.mT                                  # (n, out, out) with out <= in
         B = torch.baddbmm(A, A, A, beta=b, alpha=c)   # b A + c A^2
         X = torch.baddbmm(X, B, X, beta=a)            # a X + B X
@@ -67,13 +67,10 @@ def orthogonalize(G, steps: int = 5, eps: float = 1e-7, dtype: torch.dtype | Non
 class Muon(torch.optim.Optimizer):
     """compile_ns: run the batched Newton-Schulz through torch.compile (dynamic=False: one graph
     per matrix shape, three for a GPT; more than 8 shapes would hit dynamo's recompile limit and
-    fall back to eager). Meant for GPU runs, where eager Newton-Schulz is ~45 small kernels per
-    shape and Inductor fuses each iteration's five elementwise ops (not yet measured on a GPU:
-    compare with bench/bench_muon.py --device=cuda --compile). It costs a compile at the
-    first step (~25 s cold for three shapes on a 2-core CPU; Inductor caches it on disk). On a
-    CPU it saved 10-15% of a Muon step for speedrun_cpu's matrices (bench/bench_muon.py), a few
-    ms a step: worth it only for long runs. True means Inductor; a string or callable names
-    another torch.compile backend (the tests use cheap ones)."""
+    fall back to eager), so Inductor fuses each iteration's elementwise ops. It costs a compile at
+    the first step, so it pays only on long runs (bench/bench_muon.py --compile measures both;
+    docs/speedrun.md). True means Inductor; a string or callable names another torch.compile
+    backend (the tests use cheap ones)."""
 
     def __init__(self, params, lr=0.02, momentum=0.95, nesterov=True, weight_decay=0.0,
                  compile_ns=False):
