@@ -36,7 +36,6 @@ import re
 import statistics
 import sys
 import time
-import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -44,10 +43,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere in a checkout
 from common.device import resolve_device, resolve_dtype  # noqa: E402
-from configs import CONFIG_DIR, ConfigError, parse_config  # noqa: E402
+from configs import CONFIG_DIR, ConfigError, load_config_file, parse_config  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from model.fast_decode import DecodeCheckError, StaticDecoder  # noqa: E402
 from model.generate import decode, sample_next  # noqa: E402
+from training.config import TrainConfig  # noqa: E402
 
 VOCAB = 65  # Tiny Shakespeare's characters
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=32)  # for --quick
@@ -72,15 +72,14 @@ class BenchConfig:
 
 
 def model_shape(name: str) -> dict:
-    """GPTConfig keywords for a size: a configs/NAME.toml's model keys (the train configs)."""
+    """GPTConfig keywords for a size: the model keys of configs/NAME.toml (with its base's)."""
     if name == "tiny":
         return dict(TINY)
     path = CONFIG_DIR / f"{name}.toml"
     if not path.is_file():
         raise ConfigError(f"no size {name!r}: use tiny or a config in {CONFIG_DIR} "
                           f"({', '.join(sorted(p.stem for p in CONFIG_DIR.glob('*.toml')))})")
-    with open(path, "rb") as f:
-        values = tomllib.load(f)
+    values = load_config_file(TrainConfig, name)
     model_keys = {f.name for f in fields(GPTConfig)} - {"vocab_size", "dropout"}
     return {k: v for k, v in values.items() if k in model_keys}
 

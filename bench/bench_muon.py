@@ -19,9 +19,8 @@ batching saves there (on a CPU they cost little, so the times differ less). Asse
 import statistics
 import sys
 import time
-import tomllib
 from collections import Counter
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,7 +28,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere in a checkout
 from common.device import capability, resolve_device  # noqa: E402
-from configs import CONFIG_DIR, ConfigError, parse_config  # noqa: E402
+from bench_decode import model_shape  # noqa: E402
+from configs import ConfigError, parse_config  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from training.muon import Muon, newton_schulz_dtype, orthogonalize  # noqa: E402
 
@@ -46,13 +46,7 @@ class BenchConfig:
 
 def matrices(size: str, device) -> list[torch.Tensor]:
     """The blocks' 2-D weights of the model in configs/SIZE.toml, each with a random gradient."""
-    path = CONFIG_DIR / f"{size}.toml"
-    if not path.is_file():
-        raise ConfigError(f"no size {size!r}: use a config in {CONFIG_DIR}")
-    with open(path, "rb") as f:
-        values = tomllib.load(f)
-    keys = {f.name for f in fields(GPTConfig)} - {"vocab_size", "dropout"}
-    model = GPT(GPTConfig(vocab_size=65, **{k: v for k, v in values.items() if k in keys}))
+    model = GPT(GPTConfig(vocab_size=65, **model_shape(size)))
     ps = [p.detach().to(device) for p in model.parameters_by_role()["matrices"]]
     for p in ps:
         p.grad = torch.randn_like(p)

@@ -9,6 +9,10 @@ A program's settings are one dataclass with typed defaults. Three layers, later 
     python train.py my.toml --batch_size=32 --compile  a file, then two settings
     python train.py --n_layer 4 --min_lr -1e-5         --key value works as well as --key=value
 
+A file may start from another with `base = "NAME"` (a config in configs/, or a .toml path
+beside the file): that one is read first and the file's own lines go over it, so a variant
+writes only what it changes.
+
 A setting is --key=value or --key value: the word after --key is its value, unless it starts
 with "--" (so `--min_lr -1` is a value, `--prompt --x` is a missing one: write --prompt=--x).
 A bool alone (--compile) means true; it takes the next word as its value only if that word is
@@ -178,20 +182,42 @@ def available_configs() -> list[str]:
 
 
 def read_config_file(path: Path, fields: dict) -> dict:
+    """{key: value} of a TOML file and the files it starts from (`base`), checked against fields."""
+    return {key: value for key, (value, _) in _read_layers(path, fields).items()}
+
+
+def _read_layers(path: Path, fields: dict, inside: tuple = ()) -> dict:
+    """{key: (value, the file's name that set it)}: the base's keys first, the file's over them.
+    inside: the files that led here, base after base, so a loop is reported, not followed."""
     try:
         with open(path, "rb") as f:
             raw = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML: {e}") from None
-    values = {}
+    layers = {}
+    if "base" in raw:
+        name = raw.pop("base")
+        if not isinstance(name, str):
+            raise ConfigError(f"base in {path} must be a config's name or a .toml path, got {name!r}")
+        where = name
+        if name.endswith(".toml") and not Path(name).is_absolute():
+            where = str(path.parent / name)  # a path is read from the including file's folder
+        try:
+            base = find_config_file(where)
+        except ConfigError as e:
+            raise ConfigError(f"base = {name!r} in {path}: {e}") from None
+        chain = inside + (path.resolve(),)
+        if base.resolve() in chain:
+            raise ConfigError(f"base = {name!r} in {path} leads back to {base}: a file cannot start from itself")
+        layers = _read_layers(base, fields, chain)
     for key, value in raw.items():
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{key} in {path}: configs are flat `key = value` lines, "
                               f"without [sections] or lists")
         if key not in fields:
             raise _unknown(key, fields, f"in {path}")
-        values[key] = convert(value, fields[key][0], f"{key} (in {path})")
-    return values
+        layers[key] = (convert(value, fields[key][0], f"{key} (in {path})"), path.name)
+    return layers
 
 
 def _takes_value(word: str | None, tp) -> bool:
@@ -244,14 +270,14 @@ def parse_config(cls, argv: list[str], *, prog: str, description: str, no_config
 
 
 def read_args(cls, argv: list[str], *, prog: str, description: str, no_config: str | None = None,
-              base=None) -> tuple[Path | None, dict]:
+              under=None) -> tuple[Path | None, dict]:
     """The upper layers: (the config file or None, {key: value} set by the file and the
     command line, already converted). For programs that put a layer of their own under them
     (train.py: a resumed run's config). --help prints the keys and exits 0.
 
     no_config: for a program that takes no config file, what to do instead (e.g. "pick the
     run with --out_dir=DIR"); --help then leaves CONFIG out and any other word is an error.
-    base: a function (config file or None, command-line values) -> ({key: value}, its name)
+    under: a function (config file or None, command-line values) -> ({key: value}, its name)
     giving a layer between the defaults and the file (train.py: configs/cpu.toml on a machine
     without a GPU); it is part of the values returned, and --help shows what will run."""
     fields = _fields(cls)
@@ -273,10 +299,11 @@ def read_args(cls, argv: list[str], *, prog: str, description: str, no_config: s
     path, values, source = None, {}, {}
     if words:
         path = find_config_file(words[0])
-        values = read_config_file(path, fields)
-        source = {k: path.name for k in values}
-    under, under_name = base(path, from_cli) if base else ({}, None)
-    values, source = {**under, **values}, {**{k: under_name for k in under}, **source}
+        layers = _read_layers(path, fields)
+        values = {k: v for k, (v, _) in layers.items()}
+        source = {k: name for k, (_, name) in layers.items()}
+    lower, lower_name = under(path, from_cli) if under else ({}, None)
+    values, source = {**lower, **values}, {**{k: lower_name for k in lower}, **source}
     if want_help:
         try:
             print_help(cls, fields, values, source, prog, description, no_config is None)
@@ -361,7 +388,8 @@ def print_help(cls, fields, values, source, prog, description, config_file=True)
            description.strip(), ""]
     if config_file:
         out += ["CONFIG: a TOML file of `key = value` lines, or the name of one in configs/ "
-                f"({', '.join(available_configs()) or 'none yet'}).",
+                f"({', '.join(available_configs()) or 'none yet'}); `base = \"NAME\"` in a file "
+                "reads that config under it.",
                 "Later wins: defaults < CONFIG < the command line."]
     out += ["A setting is --key=value or --key value. A bool alone (--compile) means true;",
             "it takes the next word as its value only if that is a bool: --compile false.",

@@ -223,3 +223,50 @@ def test_help_lists_each_setting_once_under_its_heading(capsys):
     # hidden from --help, not from the command line
     assert parse_config(Grouped, ["--root=r", "--n_layer=2"], prog="g.py", description="") == \
         Grouped(root="r", n_layer=2)
+
+
+def test_a_file_starts_from_its_base(tmp_path, capsys):
+    """`base = ...` reads that file first and the file's own lines over it, by path (from the
+    including file's folder, whatever the working directory) or by name in configs/; --help
+    names the file each value came from."""
+    (tmp_path / "parent.toml").write_text('n_layer = 2\nlearning_rate = 0.5\ntag = "p"\n')
+    (tmp_path / "sub").mkdir()
+    child = tmp_path / "sub" / "child.toml"
+    child.write_text('base = "../parent.toml"\nlearning_rate = 0.25\n')
+    grandchild = tmp_path / "grandchild.toml"
+    grandchild.write_text('base = "sub/child.toml"\ntag = "g"\n')
+    assert parse(str(child)) == Demo(n_layer=2, learning_rate=0.25, tag="p")
+    assert parse(str(grandchild), "--n_layer=3") == Demo(n_layer=3, learning_rate=0.25, tag="g")
+    with pytest.raises(SystemExit):
+        parse(str(grandchild), "--help")
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  --")}
+    assert rows["--n_layer=2"].endswith("[from parent.toml]")
+    assert rows["--learning_rate=0.25"].endswith("[from child.toml]")
+    assert rows["--tag=g"].endswith("[from grandchild.toml]")
+
+
+def test_a_base_by_name_is_a_config_in_configs(tmp_path):
+    from configs import load_config_file
+    from training.config import TrainConfig
+    mine = tmp_path / "mine.toml"
+    mine.write_text('base = "cpu"\nmax_iters = 7\n')
+    assert load_config_file(TrainConfig, str(mine)) == {**load_config_file(TrainConfig, "cpu"), "max_iters": 7}
+
+
+@pytest.mark.parametrize("text, message", [
+    ('base = 3\n', "base in .* must be a config's name or a .toml path, got 3"),
+    ('base = "cpux"\n', "base = 'cpux' in .*: no config named 'cpux': did you mean cpu\\?"),
+    ('base = "gone.toml"\n', "base = 'gone.toml' in .*: config file .*gone.toml not found"),
+    ('base = "a.toml"\n', "base = 'a.toml' in .*a.toml leads back to .*a.toml"),
+])
+def test_a_bad_base_is_one_error_naming_the_file(tmp_path, text, message):
+    (tmp_path / "a.toml").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        parse(str(tmp_path / "a.toml"))
+
+
+def test_a_loop_of_bases_is_an_error_not_a_hang(tmp_path):
+    (tmp_path / "a.toml").write_text('base = "b.toml"\n')
+    (tmp_path / "b.toml").write_text('base = "a.toml"\nn_layer = 2\n')
+    with pytest.raises(ConfigError, match="base = 'a.toml' in .*b.toml leads back to .*a.toml"):
+        parse(str(tmp_path / "a.toml"))

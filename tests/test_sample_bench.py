@@ -47,3 +47,17 @@ def test_samples_like_sample_py_unless_greedy(tmp_path, capsys):
     assert bench.main(["--quick", "--device=cpu", "--threads=1", "--batch_sizes=1", "--paths=cached,fast",
                        "--greedy", f"--out={out}"]) == 0
     assert "greedy" in capsys.readouterr().out and json.loads(out.read_text())["machine"]["sampling"] == "greedy"
+
+
+def test_a_size_is_its_configs_model_with_the_base_it_starts_from():
+    """--size=NAME builds the model of configs/NAME.toml as train.py reads it, base included
+    (speedrun_cpu.toml writes no shape of its own: it is cpu.toml's)."""
+    from configs import build, load_config_file
+    from training.config import MODEL_FIELDS, TrainConfig
+    bench = load_bench()
+    for name in ("cpu", "speedrun_cpu", "shakespeare_bpe"):
+        cfg = build(TrainConfig, load_config_file(TrainConfig, name))
+        shape = bench.model_shape(name)
+        assert shape and all(shape[k] == getattr(cfg, k) for k in shape)
+        assert set(shape) == {k for k in load_config_file(TrainConfig, name) if k in MODEL_FIELDS} - {"dropout"}
+    assert bench.model_shape("speedrun_cpu") == bench.model_shape("cpu")

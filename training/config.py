@@ -117,7 +117,7 @@ configs/shakespeare.toml on a GPU, configs/cpu.toml (the speedrun recipe, under 
 
 def load_settings(argv: list[str]) -> tuple[TrainConfig, dict | None, str]:
     """(settings, the checkpoint to resume or None, a line saying where the settings came from)."""
-    path, values = read_args(TrainConfig, argv, prog="train.py", description=DESCRIPTION, base=machine_default)
+    path, values = read_args(TrainConfig, argv, prog="train.py", description=DESCRIPTION, under=machine_default)
     if values.get("init_from") == "resume":
         return resume_settings(path, values)
     origin = f"config: {path}"
