@@ -115,7 +115,7 @@ def main():
                   f"{fmt(r['warmup_s'], '9.2f')} {fmt(r['steps'], '6d')} {fmt(r['val'], '7.4f')} "
                   f"{({True: 'yes', False: 'no', None: '-'})[r['reached']]:>7}", flush=True)
 
-    summary = {}
+    summary, vals_of = {}, {}
     print("\nwhole-process wall time, mean ± stdev over seeds (train-only clock beside it, ours only)")
     for name in args.configs + [n for n, _ in externals]:
         mine = [r for r in rows if r["name"] == name]
@@ -124,7 +124,7 @@ def main():
         s = {"wall_s": statistics.mean(walls), "wall_stdev": statistics.stdev(walls) if len(walls) > 1 else 0.0,
              "train_s": statistics.mean(trains) if trains else None,
              "reached": sum(bool(r["reached"]) for r in mine), "runs": len(mine)}
-        vals = [r["val"] for r in mine if r["val"] is not None]
+        vals = vals_of[name] = [r["val"] for r in mine if r["val"] is not None]
         if vals:
             s.update(val_mean=statistics.mean(vals), val_max=max(vals))
         summary[name] = s
@@ -134,7 +134,7 @@ def main():
               + (f"   reached {s['reached']}/{s['runs']}" if args.target is not None else ""))
     if args.target is not None:
         for name in args.configs:
-            vals = [r["val"] for r in rows if r["name"] == name]
+            vals = vals_of[name]
             if len(vals) > 1:
                 t = ttest_1samp(vals, args.target, alternative="less")
                 summary[name].update(t=float(t.statistic), p=float(t.pvalue))
