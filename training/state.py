@@ -139,7 +139,7 @@ class Checkpoints:
                 raise ValueError(f"{len(ckpt['optimizer'])} optimizer states for {len(self.optimizers)} optimizers")
             for opt, s in zip(self.optimizers, ckpt["optimizer"]):
                 ours = [(g["peak_lr"], g["weight_decay"]) for g in opt.param_groups]
-                opt.load_state_dict(s)
+                opt.load_state_dict(with_live_kernels(s, opt))
                 # this run's peaks and decays: --learning_rate or --muon_weight_decay may change
                 for g, (peak, decay) in zip(opt.param_groups, ours):
                     g["peak_lr"], g["weight_decay"] = peak, decay
@@ -163,6 +163,21 @@ class Checkpoints:
             self.env.say(f"note: the checkpoint was trained in float16 and this run computes in "
                          f"{str(self.env.dtype).removeprefix('torch.')}, which needs no GradScaler: "
                          f"the checkpoint's is dropped")
+
+
+# How an optimizer computes its step, not what it learned: this run's choice, whatever the
+# checkpoint's was. Optimizer.load_state_dict adopts the saved groups' flags, so a last.pt written
+# on a CPU would turn a CUDA run's fused AdamW into the for-loop one, which refuses the fp16
+# GradScaler's found_inf (the fused step takes it); and it places each "step" counter by them.
+KERNEL_FLAGS = ("fused", "foreach", "capturable", "differentiable")
+
+
+def with_live_kernels(saved: dict, opt) -> dict:
+    """The saved optimizer state with `opt`'s own KERNEL_FLAGS in every group, ready to load."""
+    groups = [{**g, **{k: live[k] for k in KERNEL_FLAGS if k in live}}
+              for g, live in zip(saved["param_groups"], opt.param_groups)]
+    groups += saved["param_groups"][len(groups):]  # a count that differs: load_state_dict says so
+    return {**saved, "param_groups": groups}
 
 
 def strip_prefixes(state_dict: dict) -> dict:
