@@ -439,12 +439,14 @@ def test_wandb_failure_never_stops_training(corpus, tmp_path, monkeypatch, capsy
 def test_ddp_two_processes_match_one_with_twice_the_accumulation(corpus, tmp_path):
     """torchrun --nproc_per_node=2 with gloo and the default gradient_accumulation_steps (one
     micro-step per process) against one process with gas=2: the same batches, so the same
-    losses up to float rounding."""
+    losses up to float rounding. MFU counts a step's tokens (every process's) against the peak
+    of all the devices that computed them."""
     one, two = tmp_path / "one", tmp_path / "two"
-    assert train.main(tiny(corpus, one, "--gradient_accumulation_steps=2", "--max_iters=4")) == 0
+    peak = "--peak_flops=1e9"
+    assert train.main(tiny(corpus, one, "--gradient_accumulation_steps=2", "--max_iters=4", peak)) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as torchrun would set
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        str(ROOT / "train.py"), *tiny(corpus, two, "--max_iters=4")],
+                        str(ROOT / "train.py"), *tiny(corpus, two, "--max_iters=4", peak)],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "2 processes" in r.stdout and "(2 x 4 x 32)" in r.stdout
@@ -454,3 +456,7 @@ def test_ddp_two_processes_match_one_with_twice_the_accumulation(corpus, tmp_pat
     for a, b in zip(records(one, "eval"), records(two, "eval")):
         assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-5)
     assert load_checkpoint(two / "last.pt")["iter_num"] == 4
+    flops = model_from_checkpoint(load_checkpoint(two / "last.pt")).flops_per_token(32)
+    for out, devices in ((one, 1), (two, 2)):
+        for r in records(out, "train"):
+            assert r["mfu"] == pytest.approx(r["tok_per_s"] * flops / (devices * 1e9), rel=1e-9)
