@@ -306,6 +306,7 @@ def test_cuda_graph_passes_its_self_check(name, dtype):
     assert dec.filled == 0 and dec.pos.item() == 0
 
 
+@cuda
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
 def test_cuda_graph_on_the_second_gpu():
     """The model on cuda:1 while cuda:0 is current: warm-up and capture must use cuda:1's own

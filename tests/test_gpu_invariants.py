@@ -517,3 +517,34 @@ def test_tiny_block_sizes_warm_up_verify_and_decode(block_size):
     want = tokens(decode(model, idx, 7, **kw))
     assert torch.equal(tokens(decode(model, idx, 7, use_cache=False, **kw)), want)
     assert torch.equal(tokens(dec.decode(idx, 7, **kw)), want)
+
+
+def test_every_test_that_needs_cuda_carries_the_cuda_mark():
+    """`pytest -m cuda` (what bench/gpu_check.py runs) selects by the mark: a test that skips
+    itself for want of a GPU but has no `cuda` mark would never run there. Read from the source:
+    each skipif is judged on a machine without a GPU and on one with eight."""
+    import ast
+    from pathlib import Path
+
+    def machine(gpus):
+        cuda = SimpleNamespace(is_available=lambda: gpus > 0, device_count=lambda: gpus,
+                               get_device_capability=lambda *a: (9, 0))
+        return {"torch": SimpleNamespace(cuda=cuda)}
+
+    needs, unmarked = [], []
+    for path in sorted(Path(__file__).parent.glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            marks = [ast.unparse(d) for d in node.decorator_list]
+            for d in node.decorator_list:
+                if isinstance(d, ast.Call) and ast.unparse(d.func) == "pytest.mark.skipif" and d.args:
+                    try:
+                        if eval(ast.unparse(d.args[0]), machine(0)) and not eval(ast.unparse(d.args[0]), machine(8)):
+                            needs.append(node.name)
+                            if not {"cuda", "pytest.mark.cuda"} & set(marks):
+                                unmarked.append(f"{path.name}::{node.name}")
+                    except (NameError, AttributeError):  # a skipif about something else
+                        pass
+    assert "test_cuda_graph_on_the_second_gpu" in needs
+    assert unmarked == []
