@@ -172,7 +172,7 @@ def check_attention(c, args):
     q, k, v, dout = (torch.randn(B, nh, T, hs, device=args.device, generator=g) for _ in range(4))
 
     def run_one(backend, mask, dt):
-        qq, kk, vv = (t.to(dt).requires_grad_() for t in (q, k, v))
+        qq, kk, vv = (t.to(dt).clone().requires_grad_() for t in (q, k, v))  # fresh leaves each time
         with sdpa_kernel([backend]):
             out = sdpa_attention(qq, kk, vv, mask)
         out.backward(dout.to(dt))
@@ -335,9 +335,10 @@ def check_sample(c, args):
     if not ran(c, p, "sample.py"):
         return
     warnings = [line for line in p.stderr.splitlines() if line.startswith("warning:")]
-    c.figures.update(chars=len(p.stdout), path="CUDA graph" if "CUDA graph" in p.stderr else "other")
+    graph = "+ CUDA graph" in p.stderr  # sample.py names its decode path on stderr
+    c.figures.update(chars=len(p.stdout), path="CUDA graph" if graph else "other")
     c.need(not warnings, f"{warnings[:1]}")
-    c.need("CUDA graph" in p.stderr, "sample.py did not decode with the CUDA graph")
+    c.need(graph, "sample.py did not decode with the CUDA graph")
     c.need(len(p.stdout) >= 300, "fewer characters than asked for")
 
 
