@@ -167,7 +167,7 @@ def check_attention(c, args):
     cuda = args.kind == "cuda"
     B, nh, T, hs = (64, 6, 256, 64) if cuda else (4, 2, 32, 16)  # shakespeare_char: batch 64, 6 heads of 64
     dtype = compute_dtype(args)
-    tol = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 5e-3}[dtype]
+    tol = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}[dtype]  # ~3x what bf16 math itself is off
     g = torch.Generator(device=args.device).manual_seed(0)
     q, k, v, dout = (torch.randn(B, nh, T, hs, device=args.device, generator=g) for _ in range(4))
 
@@ -277,7 +277,7 @@ def check_resume(c, args):
 
 def compare_losses(c, la, lb, tol):
     diff = max(abs(x[1] - y[1]) for x, y in zip(la, lb))
-    c.figures.update(steps=len(la), max_loss_diff=diff, tolerance=tol)
+    c.figures.update(steps=len(la), max_loss_diff=round(diff, 6), tolerance=round(tol, 6))
     c.need([i for i, _ in la] == [i for i, _ in lb], "the resumed run logged other steps")
     c.need(diff <= tol, f"losses differ by {diff:.2e} > {tol}")
 
@@ -285,7 +285,8 @@ def compare_losses(c, la, lb, tol):
 def check_resume_default(c, args):
     """GPU, the default mode (shakespeare_char: bf16 or fp16 by the GPU, compile, fused AdamW,
     dropout 0.2): the training check's run against half of it + --init_from=resume. GPU kernels
-    are not bit-deterministic (atomics in backward), so within a tolerance."""
+    are not bit-deterministic (atomics in backward), so two runs part a little from step 0: the
+    resumed half may differ by no more than 2e-2 or three times what the first half differs."""
     straight = args.trained.get("shakespeare_char")
     if straight is None:
         c.need(False, "needs the training check's run, which failed")
@@ -297,7 +298,10 @@ def check_resume_default(c, args):
               run(resume_cmd(b, args.device, f"--max_iters={steps}"))):
         if not ran(c, p):
             return
-    compare_losses(c, losses(straight), losses(b), 2e-2)
+    la, lb = losses(straight), losses(b)
+    rerun = max(abs(x[1] - y[1]) for x, y in zip(la, lb) if x[0] < steps // 2)
+    c.figures["first_half_diff"] = round(rerun, 4)
+    compare_losses(c, la, lb, max(2e-2, 3 * rerun))
     c.need(adamw_fused(b), "the resumed run's AdamW is not fused")
 
 
@@ -330,7 +334,8 @@ def check_sample(c, args):
         return
     t0 = time.perf_counter()
     p = run([sys.executable, str(ROOT / "sample.py"), f"--out_dir={out}", "--ckpt=last.pt", "--compile=true",
-             f"--dtype={args.dtype_name}", "--max_new_tokens=300", "--num_samples=2", "--seed=0", f"--device={args.device}"])
+             f"--dtype={args.dtype_name}", "--max_new_tokens=300", "--num_samples=2", "--seed=0",
+             f"--device={args.device}"])
     c.figures["seconds_whole"] = round(time.perf_counter() - t0, 1)
     if not ran(c, p, "sample.py"):
         return
@@ -478,8 +483,8 @@ def main(argv=None) -> int:
     args.dtype_name = str(compute_dtype(args)).removeprefix("torch.")
 
     name = torch.cuda.get_device_name(args.device) if args.kind == "cuda" else platform.processor() or "cpu"
-    print(f"gpu_check on {args.device} ({name}), torch {torch.__version__}"
-          + (f", compute capability {capability(args.device)}, native bf16: {args.bf16}" if args.kind == "cuda" else ""))
+    gpu = f", compute capability {capability(args.device)}, native bf16: {args.bf16}" if args.kind == "cuda" else ""
+    print(f"gpu_check on {args.device} ({name}), torch {torch.__version__}{gpu}")
     rows, t_start = [], time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gpu_check-") as tmp:
         args.tmp, args.trained = Path(tmp), {}
