@@ -238,7 +238,7 @@ def test_schedules_that_do_not_fit_the_run_warn():
     assert "no stable phase" in w
 
 
-def test_the_cpu_config_with_fewer_steps_decays_to_min_lr(corpus, tmp_path, capsys):
+def test_the_cpu_config_with_fewer_steps_ends_one_cooldown_step_above_min_lr(corpus, tmp_path, capsys):
     out = tmp_path / "out"
     args = ["cpu", f"--dataset={corpus / 'tiny.txt'}", f"--data_root={corpus / 'prepared'}", f"--out_dir={out}",
             "--n_layer=1", "--n_embd=16", "--n_head=2", "--max_iters=150", "--log_interval=1",
