@@ -169,6 +169,9 @@ def test_help_shows_the_values_that_will_run(monkeypatch, capsys, gpu, argv, sho
     (["--n_embd=30", "--n_head=4"], ["n_embd (30) must be divisible by n_head (4)"]),
     (["--device=cpu", "--dtype=float16"], ["float16 needs CUDA"]),
     (["--dataset=/nonexistent/text.txt"], ["/nonexistent/text.txt"]),
+    (["--rope_base=nan"], ["--rope_base must be a finite number"]),
+    (["--logit_softcap=nan"], ["--logit_softcap must be a finite number"]),
+    (["--learning_rate=3e-5"], ["min_lr=0.0001 is above learning_rate=3e-05", "--min_lr=3e-06"]),
 ])
 def test_config_mistakes_exit_1_with_one_clear_line(corpus, tmp_path, capsys, argv, words):
     argv = tiny(corpus, tmp_path / "out") + argv

@@ -13,7 +13,7 @@ from typing import Literal
 
 from common.device import resolve_device
 from common.errors import ConfigError
-from configs import HIDDEN, build, load_config_file, read_args
+from configs import HIDDEN, build, fields_of, load_config_file, read_args, read_config_file, split_args
 from data.tokenizers import HUB_NAMES
 from model.checkpoint import CheckpointError, load_checkpoint
 from model.config import GPTConfig, ModelSettings
@@ -85,6 +85,10 @@ class TrainConfig(ModelSettings):  # the model's settings are ModelSettings' fie
         if not self.muon_lr >= 0 or not 0 <= self.muon_momentum < 1:
             raise ConfigError(f"muon_lr must be >= 0 and muon_momentum in [0, 1), got "
                               f"{self.muon_lr} and {self.muon_momentum}")
+        if self.decay_lr and self.min_lr > self.learning_rate > 0:  # 0 freezes every group: no decay
+            raise ConfigError(f"min_lr={self.min_lr:g} is above learning_rate={self.learning_rate:g}: the decay "
+                              f"would raise the rate; set --min_lr below it (often learning_rate / 10, here "
+                              f"--min_lr={self.learning_rate / 10:g}), or --decay_lr=false for a constant rate")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ConfigError(f"beta1 and beta2 must be in [0, 1), got {self.beta1} and {self.beta2}")
         model_config(self, vocab_size=1)  # the model's own checks, now rather than after data preparation
@@ -129,21 +133,35 @@ def load_settings(argv: list[str]) -> tuple[TrainConfig, dict | None, str]:
     cfg = build(TrainConfig, values)
     if cfg.pretrained:
         origin += f", the model's shape from {cfg.init_from}"
-        cfg = pretrained_settings(cfg)
+        fields_ = fields_of(TrainConfig)
+        asked = {k for k, _ in split_args(argv, fields_)[1]} | set(read_config_file(path, fields_) if path else ())
+        cfg = pretrained_settings(cfg, asked)
     return cfg, None, origin
 
 
-def pretrained_settings(cfg: TrainConfig) -> TrainConfig:
+FINETUNE_FREE = ("dropout", "attn_impl", "block_size")  # what a fine-tune may set: the weights stay valid
+
+
+def pretrained_settings(cfg: TrainConfig, asked: set = frozenset()) -> TrainConfig:
     """Fine-tuning GPT-2: its weights decide the model's shape, so its config replaces the model
-    settings (block_size may only shorten it; dropout and the attention path stay ours). A name
-    is resolved to its folder once, here (on the hub: a download or a cache look-up), and the
-    run reads the weights and the tokenizer from that folder."""
+    settings (block_size may only shorten it; dropout and the attention path stay ours). A model
+    setting asked for (asked: the keys the config file and the command line set) that the
+    weights do not have is refused, not dropped. A name is resolved to its folder once, here (on
+    the hub: a download or a cache look-up), and the run reads the weights and the tokenizer from
+    that folder."""
     from model.pretrained import pretrained_config, resolve  # only fine-tuning needs them
     if cfg.tokenizer != "gpt2":
         raise ConfigError(f"init_from={cfg.init_from} reads text with GPT-2's own tokenizer; add "
                           f"--tokenizer=gpt2 (the model's embeddings are for its tokens)")
     folder = resolve(cfg.init_from)
     shape = pretrained_config(folder, block_size=cfg.block_size)
+    clash = [f"{k}={getattr(cfg, k)} (the weights have {getattr(shape, k)})" for k in MODEL_FIELDS
+             if k in asked and k not in FINETUNE_FREE and getattr(cfg, k) != getattr(shape, k)
+             and not (k == "n_kv_head" and cfg.n_kv_head is None and shape.n_kv_head == shape.n_head)]
+    if clash:
+        raise ConfigError(f"init_from={cfg.init_from} takes the model's shape from its weights, which cannot "
+                          f"compute {', '.join(clash)}; leave those settings out (a fine-tune may set "
+                          f"{', '.join(FINETUNE_FREE[:-1])} and a shorter block_size)")
     return replace(cfg, init_from=str(folder),
                    **{k: getattr(shape, k) for k in MODEL_FIELDS if k not in ("dropout", "attn_impl")})
 
