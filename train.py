@@ -42,7 +42,7 @@ from common.files import clean_stale_temp_files
 from data import load_meta, prepare, tokenizer_from_dict
 from model import GPT
 from model.pretrained import from_pretrained, tokenizer_from_pretrained
-from training.config import TrainConfig, load_settings, model_config  # noqa: F401 (TrainConfig: for importers)
+from training.config import TrainConfig, load_settings, model_config, resume_file  # noqa: F401 (TrainConfig: for importers)
 from training.env import Phases, StepTimer, run_peak_flops, start_env
 from training.evaluate import ValWindows, evaluate, val_label
 from training.optim import make_optimizers, schedule_warnings, set_schedule
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         with phases("setup"):
             run = setup(cfg, ckpt, env, phases)
         if run.state.iter_num >= cfg.max_iters:
-            env.say(f"nothing to do: {run.checkpoints.out_dir / 'last.pt'} is at iteration "
+            env.say(f"nothing to do: {resume_file(run.checkpoints.out_dir)} is at iteration "
                     f"{run.state.iter_num} and max_iters is {cfg.max_iters}; raise --max_iters to train further")
             return 0
         log = RunLog(run.checkpoints.out_dir, cfg, run.state.iter_num, run.resumed,
@@ -150,7 +150,7 @@ def setup(cfg: TrainConfig, ckpt: dict | None, env, phases: Phases) -> Run:
     scaler = torch.amp.GradScaler(env.device.type, enabled=env.dtype == torch.float16)  # fp16 only
     checkpoints = Checkpoints(out_dir, env, raw_model, optimizers, scaler, cfg, mcfg, tokenizer, phases)
     if ckpt is not None:
-        checkpoints.restore(ckpt, state)
+        checkpoints.restore(ckpt, state, resume_file(out_dir))
     model = torch.compile(raw_model) if env.compile else raw_model
     train_model = DDP(model, device_ids=[env.device.index] if env.device.type == "cuda" else None) \
         if env.ddp else model
@@ -185,9 +185,10 @@ def train(cfg: TrainConfig, env, run: Run, log, stopper: Stopper) -> int:
             state.train_time += timer.split()
             with run.phases("evaluation"):
                 losses = evaluate(run.model, run.data_dir, run.val_windows, cfg, env)
-            best = losses["val"] < state.best_val_loss
-            state.best_val_loss = min(state.best_val_loss, losses["val"])
-            log.eval(it, losses["train"], losses["val"], state.train_time, best and it > 0, run.val_label)
+            # ckpt.pt: the best of the trained weights (the first eval after step 0 always is)
+            best = it > 0 and losses["val"] < state.best_val_loss
+            state.best_val_loss = losses["val"] if best else state.best_val_loss
+            log.eval(it, losses["train"], losses["val"], state.train_time, best, run.val_label)
             if it > 0:
                 last = cfg.always_save_checkpoint or it == cfg.max_iters
                 run.checkpoints.save(["last.pt"] * last + ["ckpt.pt"] * best, state, log.wandb_id)
@@ -293,8 +294,9 @@ def claim_out_dir(cfg: TrainConfig, ckpt: dict | None, env) -> Path:
     out_dir = Path(cfg.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out_dir={out_dir} is a file, not a folder; choose another --out_dir")
-    if ckpt is None and (out_dir / "last.pt").exists():
-        raise ConfigError(f"{out_dir} already holds a run (last.pt); continue it with --init_from=resume, "
+    held = sorted(p.name for p in out_dir.glob("*.pt")) + ["metrics.jsonl"] * (out_dir / "metrics.jsonl").exists()
+    if ckpt is None and held:
+        raise ConfigError(f"{out_dir} already holds a run ({', '.join(held)}); continue it with --init_from=resume, "
                           f"or start a new one with another --out_dir (or delete {out_dir})")
     if env.master:
         try:

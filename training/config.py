@@ -105,10 +105,11 @@ class TrainConfig(ModelSettings):  # the model's settings are ModelSettings' fie
 
 
 MODEL_FIELDS = tuple(f.name for f in fields(ModelSettings))  # GPTConfig's but vocab_size, which the data decides
-# what a resumed run must keep: the model's shape and its data. Dropout and the attention path
-# may change, since they compute with the same weights.
+# what a resumed run must keep: the model's shape, its data, its optimizers (their states are in
+# the checkpoint) and its seed (its random streams continue from the checkpoint). Dropout and the
+# attention path may change, since they compute with the same weights; every other setting applies.
 LOCKED = tuple(k for k in MODEL_FIELDS if k not in ("dropout", "attn_impl")) + \
-    ("dataset", "tokenizer", "tokenizer_vocab_size")
+    ("dataset", "tokenizer", "tokenizer_vocab_size", "optimizer", "seed")
 
 
 def model_config(cfg: TrainConfig, vocab_size: int) -> GPTConfig:
@@ -180,25 +181,35 @@ def machine_default(path, values: dict) -> tuple[dict, str | None]:
     return load_config_file(TrainConfig, name), f"{name}.toml"
 
 
+def resume_file(out_dir: Path) -> Path:
+    """The checkpoint a resume continues: last.pt, or in a run that stopped before writing one
+    (always_save_checkpoint=false writes it only at the end) its best, ckpt.pt, which holds the
+    same training state."""
+    last = Path(out_dir) / "last.pt"
+    return last if last.exists() or not (Path(out_dir) / "ckpt.pt").exists() else Path(out_dir) / "ckpt.pt"
+
+
 def resume_settings(path, values: dict):
     """The checkpoint's settings under the file and the command line, which may change anything
     but what LOCKED names."""
     out_dir = Path(values.get("out_dir", TrainConfig.out_dir))
-    if not (out_dir / "last.pt").exists():
-        raise CheckpointError(f"nothing to resume: {out_dir / 'last.pt'} does not exist; point --out_dir "
-                              f"at an earlier run, or start a new one without --init_from=resume")
-    ckpt = load_checkpoint(out_dir / "last.pt")
+    where = resume_file(out_dir)
+    if not where.exists():
+        raise CheckpointError(f"nothing to resume: {out_dir} holds neither last.pt nor ckpt.pt; point "
+                              f"--out_dir at an earlier run, or start a new one without --init_from=resume")
+    ckpt = load_checkpoint(where)
     if not all(k in ckpt for k in ("config", "optimizer", "iter_num", "rng")):
-        raise CheckpointError(f"{out_dir / 'last.pt'} holds weights but no training state; "
+        raise CheckpointError(f"{where} holds weights but no training state; "
                               f"it cannot be resumed (start a new run in another --out_dir)")
     known = {f.name for f in fields(TrainConfig)}
     base = {k: v for k, v in ckpt["config"].items() if k in known}
     for key in LOCKED:
         if key in values and values[key] != base.get(key):
             raise ConfigError(
-                f"{out_dir / 'last.pt'} was trained with {key}={base.get(key)}, but {key}={values[key]} "
+                f"{where} was trained with {key}={base.get(key)}, but {key}={values[key]} "
                 f"was asked for; leave {key} out to resume, or start a new run in another --out_dir")
     values["out_dir"] = str(out_dir)  # where it is now, wherever it was trained
-    origin = f"config: resumed from {out_dir / 'last.pt'} (iteration {ckpt['iter_num']})" + \
-        (f", then {path}" if path else "")
+    origin = f"config: resumed from {where} (iteration {ckpt['iter_num']}" + \
+        ("; there is no last.pt: the run stopped before writing one, so it continues from its best)"
+         if where.name != "last.pt" else ")") + (f", then {path}" if path else "")
     return build(TrainConfig, {**base, **values}), ckpt, origin

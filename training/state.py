@@ -119,10 +119,9 @@ class Checkpoints:
             for name in names:
                 save_checkpoint(self.out_dir / name, ckpt)
 
-    def restore(self, ckpt: dict, state: RunState):
-        """Load last.pt into the model, the optimizers, the scaler and the run state; a
-        checkpoint that does not fit is one CheckpointError naming the way out."""
-        where = self.out_dir / "last.pt"
+    def restore(self, ckpt: dict, state: RunState, where: Path):
+        """Load the checkpoint read from `where` into the model, the optimizers, the scaler and
+        the run state; one that does not fit is one CheckpointError naming the way out."""
         if ckpt.get("tokenizer") != self.fixed["tokenizer"]:
             raise CheckpointError("the prepared data's tokenizer differs from the checkpoint's (the dataset "
                                   "was prepared again, or differently); resume with the same data or start "
@@ -138,11 +137,10 @@ class Checkpoints:
             if len(ckpt["optimizer"]) != len(self.optimizers):
                 raise ValueError(f"{len(ckpt['optimizer'])} optimizer states for {len(self.optimizers)} optimizers")
             for opt, s in zip(self.optimizers, ckpt["optimizer"]):
-                ours = [(g["peak_lr"], g["weight_decay"]) for g in opt.param_groups]
-                opt.load_state_dict(s)
-                # this run's peaks and decays: --learning_rate or --muon_weight_decay may change
-                for g, (peak, decay) in zip(opt.param_groups, ours):
-                    g["peak_lr"], g["weight_decay"] = peak, decay
+                ours = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+                opt.load_state_dict(s)  # the moments and step counts, but also the saved groups' settings:
+                for g, settings in zip(opt.param_groups, ours):  # this run's settings win (betas, decay,
+                    g.update(settings)                           # peaks, fused/foreach), as its config says
             self.restore_scaler(ckpt["scaler"])
             state.load_state_dict(ckpt, self.env)
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError, DataError) as e:
