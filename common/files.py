@@ -29,8 +29,8 @@ def _host() -> str:
 
 def atomic_write(path, data) -> Path:
     """Write data (bytes, str, or a function that writes to a binary file) to path atomically.
-    The file gets the usual permissions (0666 less the umask, so 0644 for most users) and is
-    flushed to disk before the rename."""
+    The file gets the usual permissions (0666 less the umask, so 0644 for most users), is
+    flushed to disk before the rename, and its folder after it."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -54,6 +54,7 @@ def atomic_write(path, data) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        sync_folder(path.parent)  # the rename itself is an entry in the folder: on disk only once synced
     except PermissionError:
         raise UserError(f"cannot write {path}: permission denied; choose a writable path") from None
     except OSError as e:
@@ -63,6 +64,19 @@ def atomic_write(path, data) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def sync_folder(folder: Path):
+    """fsync a folder, so the names created or renamed in it survive a power cut (POSIX; a
+    system that cannot open a folder, such as Windows, has nothing to sync this way)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _writer_alive(pid: int) -> bool:

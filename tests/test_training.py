@@ -300,6 +300,20 @@ def test_unusable_out_dir_is_one_clear_line(corpus, tmp_path, capsys, out, words
     assert err.startswith("error: ") and words in err and "Traceback" not in err
 
 
+def test_atomic_write_syncs_the_file_then_its_folder(tmp_path, monkeypatch):
+    """A power cut after atomic_write returns must not lose the file: its data is synced before
+    the rename, and the folder (which holds the new name) after it."""
+    synced, fsync = [], os.fsync
+
+    def record(fd):
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), (tmp_path / "f.txt").exists()))
+        fsync(fd)
+    monkeypatch.setattr(os, "fsync", record)
+    atomic_write(tmp_path / "f.txt", "data")
+    assert [(Path(p).name, renamed) for p, renamed in synced] == [(temp_name(tmp_path / "f.txt").name, False),
+                                                                    (tmp_path.name, True)]
+
+
 def test_atomic_write_to_an_unusable_path_is_a_user_error(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(UserError, match="is a file, not a folder"):
