@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             env.say(f"nothing to do: {resume_file(run.checkpoints.out_dir)} is at iteration "
                     f"{run.state.iter_num} and max_iters is {cfg.max_iters}; raise --max_iters to train further")
             return 0
-        log = RunLog(run.checkpoints.out_dir, cfg, run.state.iter_num, run.resumed,
-                     ckpt.get("wandb_run_id") if ckpt else None) if env.master else NullLog()
+        log = env.on_master(lambda: RunLog(run.checkpoints.out_dir, cfg, run.state.iter_num, run.resumed,
+                                           ckpt.get("wandb_run_id") if ckpt else None)) or NullLog()
         try:
             status = train(cfg, env, run, log, stopper)
             log.phases(summary := time_summary(run))
@@ -188,7 +188,7 @@ def train(cfg: TrainConfig, env, run: Run, log, stopper: Stopper) -> int:
             # ckpt.pt: the best of the trained weights (the first eval after step 0 always is)
             best = it > 0 and losses["val"] < state.best_val_loss
             state.best_val_loss = losses["val"] if best else state.best_val_loss
-            log.eval(it, losses["train"], losses["val"], state.train_time, best, run.val_label)
+            env.on_master(lambda: log.eval(it, losses["train"], losses["val"], state.train_time, best, run.val_label))
             if it > 0:
                 last = cfg.always_save_checkpoint or it == cfg.max_iters
                 run.checkpoints.save(["last.pt"] * last + ["ckpt.pt"] * best, state, log.wandb_id)
@@ -294,11 +294,13 @@ def claim_out_dir(cfg: TrainConfig, ckpt: dict | None, env) -> Path:
     out_dir = Path(cfg.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out_dir={out_dir} is a file, not a folder; choose another --out_dir")
-    held = sorted(p.name for p in out_dir.glob("*.pt")) + ["metrics.jsonl"] * (out_dir / "metrics.jsonl").exists()
+    held = sorted(p.name for p in out_dir.glob("*.pt") if p.is_file()) + \
+        ["metrics.jsonl"] * (out_dir / "metrics.jsonl").is_file()
     if ckpt is None and held:
         raise ConfigError(f"{out_dir} already holds a run ({', '.join(held)}); continue it with --init_from=resume, "
                           f"or start a new one with another --out_dir (or delete {out_dir})")
-    if env.master:
+
+    def make():
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -307,19 +309,16 @@ def claim_out_dir(cfg: TrainConfig, ckpt: dict | None, env) -> Path:
         if not os.access(out_dir, os.W_OK):
             raise ConfigError(f"--out_dir={out_dir} is not writable; choose another --out_dir")
         clean_stale_temp_files(out_dir)
+    env.on_master(make)  # rank 0 writes the run's files; if it cannot, every rank stops now
     return out_dir
 
 
 def prepare_data(cfg: TrainConfig, env, tokenizer=None) -> Path:
     """The prepared dataset's folder (read with `tokenizer`, if given). The first process
-    prepares it, the others wait."""
+    prepares it, the others wait, then find it prepared (or stop with its error)."""
     kwargs = dict(vocab_size=cfg.tokenizer_vocab_size, source=cfg.data_source, root=cfg.data_root, use=tokenizer)
-    if env.master:
-        data_dir = prepare(cfg.dataset, cfg.tokenizer, quiet=False, **kwargs)
-    env.barrier()
-    if not env.master:
-        data_dir = prepare(cfg.dataset, cfg.tokenizer, quiet=True, **kwargs)
-    return data_dir
+    data_dir = env.on_master(lambda: prepare(cfg.dataset, cfg.tokenizer, quiet=False, **kwargs))
+    return data_dir if env.master else prepare(cfg.dataset, cfg.tokenizer, quiet=True, **kwargs)
 
 
 if __name__ == "__main__":

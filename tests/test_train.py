@@ -515,3 +515,35 @@ def test_ddp_two_processes_match_one_with_twice_the_accumulation(corpus, tmp_pat
     for a, b in zip(records(one, "eval"), records(two, "eval")):
         assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-5)
     assert load_checkpoint(two / "last.pt")["iter_num"] == 4
+
+
+@pytest.mark.parametrize("case", ["preparation", "checkpoint"])
+def test_an_error_only_rank_0_sees_stops_every_rank_at_once(corpus, tmp_path, case):
+    """Two processes started as two nodes would start them (no torchrun to kill the other when
+    one fails): rank 0 alone prepares the data and writes the files, so where that fails (a
+    folder with no text in it; a checkpoint that cannot be written) rank 1 must stop too, with
+    the same error, rather than wait at the next collective for the process group's timeout."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = tiny(corpus, tmp_path / "out", "--max_iters=4")
+    if case == "preparation":
+        (tmp_path / "empty").mkdir()
+        args.append(f"--dataset={tmp_path / 'empty'}")
+        said = "has no .txt files"
+    else:  # ckpt.pt's name is taken by a folder: rank 0's write fails at the first eval after step 0
+        (tmp_path / "out" / "ckpt.pt").mkdir(parents=True)
+        said = "it is a folder"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port)}
+    procs = [subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT,
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    try:
+        outs = [p.communicate(timeout=90) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [1, 1], outs
+    assert said in outs[0][1] and "Traceback" not in outs[0][1] + outs[1][1]

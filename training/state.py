@@ -112,12 +112,13 @@ class Checkpoints:
             return
         with self.phases("checkpoints"):
             run = state.state_dict(self.env)
-            if not self.env.master:
-                return
-            ckpt = {"model": self.model.state_dict(), **self.fixed, **run, "wandb_run_id": wandb_id,
-                    "optimizer": [o.state_dict() for o in self.optimizers], "scaler": self.scaler.state_dict()}
-            for name in names:
-                save_checkpoint(self.out_dir / name, ckpt)
+
+            def write():
+                ckpt = {"model": self.model.state_dict(), **self.fixed, **run, "wandb_run_id": wandb_id,
+                        "optimizer": [o.state_dict() for o in self.optimizers], "scaler": self.scaler.state_dict()}
+                for name in names:
+                    save_checkpoint(self.out_dir / name, ckpt)
+            self.env.on_master(write)  # a failed write (a full disk) stops every rank, not rank 0 alone
 
     def restore(self, ckpt: dict, state: RunState, where: Path):
         """Load the checkpoint read from `where` into the model, the optimizers, the scaler and
