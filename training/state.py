@@ -138,10 +138,7 @@ class Checkpoints:
             if len(ckpt["optimizer"]) != len(self.optimizers):
                 raise ValueError(f"{len(ckpt['optimizer'])} optimizer states for {len(self.optimizers)} optimizers")
             for opt, s in zip(self.optimizers, ckpt["optimizer"]):
-                ours = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
-                opt.load_state_dict(s)  # the moments and step counts, but also the saved groups' settings:
-                for g, settings in zip(opt.param_groups, ours):  # this run's settings win (betas, decay,
-                    g.update(settings)                           # peaks, fused/foreach), as its config says
+                opt.load_state_dict(with_live_settings(s, opt))
             self.restore_scaler(ckpt["scaler"])
             state.load_state_dict(ckpt, self.env)
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError, DataError) as e:
@@ -162,6 +159,18 @@ class Checkpoints:
             self.env.say(f"note: the checkpoint was trained in float16 and this run computes in "
                          f"{str(self.env.dtype).removeprefix('torch.')}, which needs no GradScaler: "
                          f"the checkpoint's is dropped")
+
+
+def with_live_settings(saved: dict, opt) -> dict:
+    """The saved optimizer state (its moments and step counts) with `opt`'s own group settings:
+    this run's betas, decays, peaks and kernel flags (fused, foreach, capturable), as its config
+    says. Optimizer.load_state_dict would adopt the saved groups' instead, so new betas would be
+    silently ignored, and a last.pt written on a CPU would turn a CUDA run's fused AdamW into the
+    for-loop one; set before loading, since it places each step counter by those flags."""
+    groups = [{**g, **{k: v for k, v in live.items() if k != "params"}}
+              for g, live in zip(saved["param_groups"], opt.param_groups)]
+    groups += saved["param_groups"][len(groups):]  # a count that differs: load_state_dict says so
+    return {**saved, "param_groups": groups}
 
 
 def strip_prefixes(state_dict: dict) -> dict:
