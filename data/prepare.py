@@ -149,6 +149,7 @@ def prepare(dataset=DEFAULT_DATASET, tokenizer="char", *, vocab_size=None, sourc
         fingerprints.save()
         log(f"{out} is already prepared (pass force=True / --force to redo it)")
         return out
+    src.count()  # a hub dataset's first contact: offline, its one error line comes before any output
     check_folder(out, "the dataset's folder")  # before the work, not after it
     try:
         root.mkdir(parents=True, exist_ok=True)
