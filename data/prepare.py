@@ -166,23 +166,26 @@ def prepare(dataset=DEFAULT_DATASET, tokenizer="char", *, vocab_size=None, sourc
         meta = {"format": FORMAT, "key": key, "dataset": src.name, "source": src.where, "sha256": sha,
                 **meta, "request": request}
         atomic_write(tmp / "meta.json", json.dumps(meta, indent=1, ensure_ascii=False).encode("utf-8"))
-        publish(tmp, out)
+        publish(tmp, out, None if force else key)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     fingerprints.save()
     return out
 
 
-def publish(tmp, out):
-    """Rename the finished folder into place. A folder already there (a forced redo, or one
-    damaged since) is moved aside first, then removed: its files stay readable to a run that
-    has them open."""
+def publish(tmp, out, key):
+    """Rename the finished folder into place. One already there is kept if it is complete (another
+    process just did the same work: key given, so not a forced redo); else (forced, or damaged
+    since) it is moved aside first, then removed: its files stay readable to a run that has them
+    open."""
     try:
         os.rename(tmp, out)
         return
     except OSError:
         if not out.exists():
             raise
+    if key is not None and is_complete(out, key):
+        return
     old = out.with_name(f"{temp_name(out).name[:-4]}.old.tmp")
     os.rename(out, old)
     os.rename(tmp, out)

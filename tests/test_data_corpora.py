@@ -157,6 +157,25 @@ def test_a_hub_dataset_offline_is_one_error_line(tmp_path, monkeypatch, capsys):
     assert "hf:OWNER/NAME" in capsys.readouterr().err
 
 
+class FakeStream(list):
+    """What datasets.load_dataset(..., streaming=True) gives, as far as Rows reads it: rows, and
+    a card that may not know how many there are."""
+    class info:
+        splits = {}
+
+
+def test_a_hub_stream_of_unknown_length_holds_out_rows_by_a_seeded_hash(tmp_path, monkeypatch):
+    rows = FakeStream([{"text": f"row {i} " * 5} for i in range(200)] + [{"text": ""}])
+    monkeypatch.setattr(sources.Rows, "_hub", lambda self: rows)
+    d = prepare("hf:someone/stories", root=tmp_path, quiet=True)
+    meta = load_meta(d)
+    val = [int(i) for i in meta["val_docs"]]
+    assert d.name.startswith("someone_stories-char-") and "seeded hash" in meta["split"]
+    assert 5 <= len(val) <= 40 and decoded(d, "val") == "\n\n".join(rows[i]["text"] for i in val)
+    assert prepare("hf:someone/stories", root=tmp_path, quiet=True) == d  # keyed by name: found again
+    assert prepare("hf:someone/stories", root=tmp_path, quiet=True, hf_split="test") != d
+
+
 # -----------------------------------------------------------------------------
 # training on it
 
