@@ -222,6 +222,8 @@ def test_a_big_val_split_is_evaluated_on_a_fixed_seeded_subset(tmp_path):
     assert (w.x == again.x).all() and (w.y[:w.count, :-1] == w.x[:w.count, 1:]).all()
     every = ValWindows(d, load_meta(d), replace(cfg, eval_val_tokens=0), env)
     assert every.count == every.total and val_label(every, cfg, env).startswith("all 1,984 val tokens")
+    with pytest.raises(DataError, match="val split of .* has 2,000 tokens, too few .* = 2049"):
+        ValWindows(d, load_meta(d), replace(cfg, block_size=2048), env)  # no windows: an error, not 1/0
 
 
 def test_resident_data_only_where_it_fits(tmp_path, monkeypatch, capsys):
