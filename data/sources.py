@@ -133,8 +133,12 @@ class TextFile:
         yield Doc(self.path.name, None, file_pieces(self.path))
 
 
+ONE_DOC = "one document: first 90% of characters train, last 10% val"
+
+
 class Folder:
     sep = "\n\n"  # between documents, for a tokenizer without an end-of-text token
+    split_words = ONE_DOC  # where it holds a single file
 
     def __init__(self, path):
         self.root = Path(path).resolve()
@@ -195,6 +199,7 @@ class Rows:
     """One document a row: the `column` of every row of local Parquet / JSON-lines files, or of
     a Hugging Face dataset streamed through the `datasets` library."""
     sep = "\n\n"
+    split_words = ONE_DOC  # where there is a single row
 
     def __init__(self, spec, column="text", split="train", config=None):
         self.column, self.hf_split, self.config = column or "text", split or "train", config

@@ -95,6 +95,14 @@ def test_a_killed_preparation_leaves_nothing_a_run_would_take(tmp_path, monkeypa
     assert not stale.exists() and [p for p in (tmp_path / "out").iterdir() if p.is_dir()] == [d]
 
 
+def test_a_folder_of_one_file_splits_as_the_file(tmp_path):
+    src = write(tmp_path / "one" / "poem.txt", POEM)
+    d = prepare(tmp_path / "one", root=tmp_path / "out", quiet=True)
+    n = int(len(POEM) * 0.9)
+    assert decoded(d, "train") == POEM[:n] and decoded(d, "val") == POEM[n:]
+    assert load_meta(d)["split"].startswith("one document") and src.exists()
+
+
 # -----------------------------------------------------------------------------
 # keyed by content: never shared, never rewritten under a run
 
