@@ -7,9 +7,8 @@ Sources: a corpus read as documents, a few MB at a time, so no corpus is ever he
     Texts      documents already in memory with their split given (the built-in plays)
 
 A source's docs() yields Doc(name, split, pieces); pieces is an iterator of Piece: bytes read
-from a file (checked and decoded later, on a worker thread) or str. content_key() says what the
-text is, for the prepared folder's name: files by their sha256 (fingerprint.py), a hub dataset by
-its name and options.
+from a file (checked and decoded later, on a worker thread) or str. data/fingerprint.py keys a
+source by its files' sha256, or a hub dataset by its name and options (identity()).
 """
 
 import glob
