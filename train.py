@@ -157,9 +157,10 @@ def setup(cfg: TrainConfig, ckpt: dict | None, env, phases: Phases) -> Run:
         if env.ddp else model
     tokens_per_iter = gas * cfg.batch_size * cfg.block_size
     seen = (cfg.max_iters - (ckpt["iter_num"] if ckpt else 0)) * tokens_per_iter
+    epochs = seen / meta["train_tokens"]
     env.say(f"data: {data_dir} ({meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens, "
             f"{tokenizer.kind} tokenizer, vocab {meta['vocab_size']}); this run trains on {seen:,} tokens, "
-            f"{seen / meta['train_tokens']:.2f} epochs of the train split")
+            + (f"{epochs:.2f} epochs of the train split" if epochs >= 0.1 else f"{100 * epochs:.2g}% of one epoch"))
     env.say(f"model: {raw_model.num_params() / 1e6:.2f}M parameters; {tokens_per_iter:,} tokens per step "
             f"({gas} x {cfg.batch_size} x {cfg.block_size}); out_dir: {out_dir}")
     val_windows = ValWindows(data_dir, meta, cfg, env) if cfg.eval_full_val else None
