@@ -103,6 +103,23 @@ def test_a_folder_of_one_file_splits_as_the_file(tmp_path):
     assert load_meta(d)["split"].startswith("one document") and src.exists()
 
 
+def test_gpt2_puts_its_end_of_text_token_between_documents(tmp_path):
+    """GPT-2's format offline: a byte-level vocabulary with no merges and <|endoftext|> as id 256,
+    written as a Hugging Face folder's vocab.json / merges.txt."""
+    from data.tokenizers import GPT2Tokenizer, gpt2_byte_decoder
+    vocab = {c: b for c, b in gpt2_byte_decoder().items()} | {"<|endoftext|>": 256}
+    write(tmp_path / "vocab.json", json.dumps(vocab))
+    write(tmp_path / "merges.txt", "#version: 0.2\n")
+    tok = GPT2Tokenizer.from_files(tmp_path / "vocab.json", tmp_path / "merges.txt")
+    for i in range(10):
+        write(tmp_path / "docs" / f"d{i}.txt", f"document {i}\n")
+    d = prepare(tmp_path / "docs", "gpt2", root=tmp_path / "out", quiet=True, use=tok)
+    meta = load_meta(d)
+    assert meta["eot"] == 256 and tokens(d, "train").tolist().count(256) == 8  # 9 documents, 8 between
+    assert decoded(d, "train").split("<|endoftext|>") == [f"document {i}\n" for i in range(10)
+                                                          if f"d{i}.txt" not in meta["val_docs"]]
+
+
 # -----------------------------------------------------------------------------
 # keyed by content: never shared, never rewritten under a run
 
