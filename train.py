@@ -44,7 +44,7 @@ from model import GPT
 from model.pretrained import from_pretrained, tokenizer_from_pretrained
 from training.config import TrainConfig, load_settings, model_config, resume_file  # noqa: F401 (TrainConfig: for importers)
 from training.env import Phases, StepTimer, run_peak_flops, start_env
-from training.evaluate import ValWindows, evaluate, val_label
+from training.evaluate import ValWindows, check_splits, evaluate, val_label
 from training.optim import make_optimizers, schedule_warnings, set_schedule
 from training.runlog import NullLog, RunLog
 from training.state import Checkpoints, RunState, train_streams
@@ -131,6 +131,7 @@ def setup(cfg: TrainConfig, ckpt: dict | None, env, phases: Phases) -> Run:
         tokenizer_from_dict(ckpt["tokenizer"]) if ckpt is not None and cfg.tokenizer == "gpt2" else None
     data_dir = prepare_data(cfg, env, use)
     meta = load_meta(data_dir)
+    check_splits(meta, cfg, data_dir)  # a split too short for block_size: now, not at the first eval
     tokenizer = tokenizer_from_dict(meta["tokenizer"])
     per_rank = gas // env.world
     state = RunState(train_streams(data_dir, cfg, env, range(env.rank * per_rank, (env.rank + 1) * per_rank)))
@@ -155,8 +156,11 @@ def setup(cfg: TrainConfig, ckpt: dict | None, env, phases: Phases) -> Run:
     train_model = DDP(model, device_ids=[env.device.index] if env.device.type == "cuda" else None) \
         if env.ddp else model
     tokens_per_iter = gas * cfg.batch_size * cfg.block_size
+    seen = (cfg.max_iters - (ckpt["iter_num"] if ckpt else 0)) * tokens_per_iter
+    epochs = seen / meta["train_tokens"]
     env.say(f"data: {data_dir} ({meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens, "
-            f"{tokenizer.kind} tokenizer, vocab {meta['vocab_size']})")
+            f"{tokenizer.kind} tokenizer, vocab {meta['vocab_size']}); this run trains on {seen:,} tokens, "
+            + (f"{epochs:.2f} epochs of the train split" if epochs >= 0.1 else f"{100 * epochs:.2g}% of one epoch"))
     env.say(f"model: {raw_model.num_params() / 1e6:.2f}M parameters; {tokens_per_iter:,} tokens per step "
             f"({gas} x {cfg.batch_size} x {cfg.block_size}); out_dir: {out_dir}")
     val_windows = ValWindows(data_dir, meta, cfg, env) if cfg.eval_full_val else None
@@ -188,7 +192,8 @@ def train(cfg: TrainConfig, env, run: Run, log, stopper: Stopper) -> int:
             # ckpt.pt: the best of the trained weights (the first eval after step 0 always is)
             best = it > 0 and losses["val"] < state.best_val_loss
             state.best_val_loss = losses["val"] if best else state.best_val_loss
-            env.on_master(lambda: log.eval(it, losses["train"], losses["val"], state.train_time, best, run.val_label))
+            env.on_master(lambda: log.eval(it, losses["train"], losses["val"], state.train_time, best, run.val_label,
+                                           losses["val_bpb"]))
             if it > 0:
                 last = cfg.always_save_checkpoint or it == cfg.max_iters
                 run.checkpoints.save(["last.pt"] * last + ["ckpt.pt"] * best, state, log.wandb_id)
@@ -316,7 +321,9 @@ def claim_out_dir(cfg: TrainConfig, ckpt: dict | None, env) -> Path:
 def prepare_data(cfg: TrainConfig, env, tokenizer=None) -> Path:
     """The prepared dataset's folder (read with `tokenizer`, if given). The first process
     prepares it, the others wait, then find it prepared (or stop with its error)."""
-    kwargs = dict(vocab_size=cfg.tokenizer_vocab_size, source=cfg.data_source, root=cfg.data_root, use=tokenizer)
+    kwargs = dict(vocab_size=cfg.tokenizer_vocab_size, source=cfg.data_source, root=cfg.data_root, use=tokenizer,
+                  bpe_sample_mb=cfg.bpe_sample_mb, hf_column=cfg.hf_column, hf_split=cfg.hf_split,
+                  hf_config=cfg.hf_config)
     data_dir = env.on_master(lambda: prepare(cfg.dataset, cfg.tokenizer, quiet=False, **kwargs))
     return data_dir if env.master else prepare(cfg.dataset, cfg.tokenizer, quiet=True, **kwargs)
 

@@ -8,6 +8,7 @@ still be running.
 """
 
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -107,7 +108,7 @@ def clean_stale_temp_files(folder) -> list[Path]:
                 stale = time.time() - tmp.stat().st_mtime > FOREIGN_TEMP_AGE
             except FileNotFoundError:
                 continue
-        if stale:
-            tmp.unlink(missing_ok=True)
+        if stale:  # a folder too: a killed data preparation's (data/prepare.py)
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed

@@ -22,9 +22,13 @@ from model.config import GPTConfig, ModelSettings
 @dataclass
 class TrainConfig(ModelSettings):  # the model's settings are ModelSettings' fields (model/config.py)
     # -- data --
-    dataset: str = "shakespeare"        # shakespeare (offline), tinyshakespeare, or a .txt file / folder
+    dataset: str = "shakespeare"        # shakespeare (offline), tinyshakespeare, a .txt file / folder, Parquet / JSON-lines files, or hf:OWNER/NAME
     tokenizer: Literal["char", "gpt2", "bpe"] = "char"  # characters, GPT-2's BPE, or a BPE trained on the corpus
     tokenizer_vocab_size: int | None = None  # bpe only; none = data's default (2048)
+    bpe_sample_mb: int = 64             # bpe only: train it on a seeded sample of at most this much of the train split
+    hf_column: str | None = None        # rows (Parquet, JSON lines, hf:): the text column; none = text
+    hf_split: str | None = None         # hf: the dataset's split to read; none = train
+    hf_config: str | None = None        # hf: the dataset's configuration, where it has several
     data_source: str | None = None      # a local copy of tinyshakespeare's input.txt (no download)
     data_root: str | None = field(default=None, metadata=HIDDEN)  # where prepared datasets live; none = data/prepared
     # -- optimizer and schedule --
@@ -52,7 +56,8 @@ class TrainConfig(ModelSettings):  # the model's settings are ModelSettings' fie
     init_from: str = field(default="scratch", metadata={"help": f"scratch; resume (continue out_dir/last.pt exactly); or GPT-2's weights: {', '.join(HUB_NAMES)} or a Hugging Face GPT-2 folder"})
     eval_interval: int = 250            # evaluate (and write last.pt) every this many steps
     eval_iters: int = 200               # batches per split in each evaluation
-    eval_full_val: bool = False         # val loss from one exact pass over the whole val split
+    eval_full_val: bool = False         # val loss from one exact pass over the whole val split (up to eval_val_tokens)
+    eval_val_tokens: int = 4_194_304    # a bigger val split is read as a fixed, seeded subset of its windows this big; 0 = all
     eval_at_start: bool = True          # also evaluate before the first step (false: a speedrun's seconds)
     always_save_checkpoint: bool = True  # write last.pt at every eval (false: only at the end)
     stop_at_val_loss: float | None = field(default=None, metadata=HIDDEN)  # stop as soon as an eval reaches this val loss
@@ -61,7 +66,7 @@ class TrainConfig(ModelSettings):  # the model's settings are ModelSettings' fie
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: the device's rule for training (common/device.py, default_dtype)
     compile: bool | None = None         # torch.compile the model; none = on CUDA only
     seed: int = 1337                    # the weights' init, the batches and dropout follow from it
-    data_on_device: bool = False        # keep the train split on the device (one copy per process), gather batches there
+    data_on_device: bool | None = None  # keep the train split on the device (one copy per process), gather batches there; none = when it fits (data/loader.py)
     # -- logging --
     log_interval: int = 10              # a metrics line every this many steps
     peak_flops: float | None = None     # the device's peak FLOP/s for MFU; none = known GPUs only
@@ -74,7 +79,7 @@ class TrainConfig(ModelSettings):  # the model's settings are ModelSettings' fie
                      "gradient_accumulation_steps"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_iters", "warmup_iters", "lr_decay_iters", "muon_momentum_warmup"):
+        for name in ("max_iters", "warmup_iters", "lr_decay_iters", "muon_momentum_warmup", "eval_val_tokens"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 or more, got {getattr(self, name)}")
         for name in ("learning_rate", "min_lr", "weight_decay", "muon_weight_decay", "grad_clip"):
@@ -109,7 +114,8 @@ MODEL_FIELDS = tuple(f.name for f in fields(ModelSettings))  # GPTConfig's but v
 # the checkpoint) and its seed (its random streams continue from the checkpoint). Dropout and the
 # attention path may change, since they compute with the same weights; every other setting applies.
 LOCKED = tuple(k for k in MODEL_FIELDS if k not in ("dropout", "attn_impl")) + \
-    ("dataset", "tokenizer", "tokenizer_vocab_size", "optimizer", "seed")
+    ("dataset", "tokenizer", "tokenizer_vocab_size", "bpe_sample_mb", "hf_column", "hf_split", "hf_config",
+     "optimizer", "seed")
 
 
 def model_config(cfg: TrainConfig, vocab_size: int) -> GPTConfig:

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from data import BatchLoader, DataError, read_split
+from data.loader import resident_fits
 from model.checkpoint import CheckpointError, save_checkpoint
 from .config import LOCKED
 
@@ -33,9 +34,16 @@ def stream_seed(seed: int, name: str, k: int = 0) -> int:
 
 def train_streams(data_dir: Path, cfg, env, streams) -> dict:
     """{k: the loader of stream k} for this process's streams. With data_on_device they all
-    gather from one copy of the train split on the device."""
+    gather from one copy of the train split on the device, where it fits (else a warning, and
+    they read the memory-mapped file); unset, it is on where it fits."""
     path = data_dir / "train.bin"
-    tokens = read_split(path, env.device) if cfg.data_on_device else None
+    on = False
+    if cfg.data_on_device is not False:
+        on, words = resident_fits(path, env.device)
+        if cfg.data_on_device and not on:
+            env.say(f"warning: data_on_device: the train split ({words}) does not fit in a quarter of "
+                    f"the free memory; reading it from the memory-mapped file instead", file=sys.stderr)
+    tokens = read_split(path, env.device) if on else None
     return {k: BatchLoader(path, cfg.block_size, cfg.batch_size, device=env.device,
                            seed=stream_seed(cfg.seed, "train", k), tokens=tokens)
             for k in streams}
