@@ -42,9 +42,9 @@ from common.files import clean_stale_temp_files
 from data import load_meta, prepare, tokenizer_from_dict
 from model import GPT
 from model.pretrained import from_pretrained, tokenizer_from_pretrained
-from training.config import TrainConfig, load_settings, model_config  # noqa: F401 (TrainConfig: for importers)
+from training.config import TrainConfig, load_settings, model_config, resume_file  # noqa: F401 (TrainConfig: for importers)
 from training.env import Phases, StepTimer, run_peak_flops, start_env
-from training.evaluate import ValWindows, evaluate, val_label
+from training.evaluate import ValWindows, check_splits, evaluate, val_label
 from training.optim import make_optimizers, schedule_warnings, set_schedule
 from training.runlog import NullLog, RunLog
 from training.state import Checkpoints, RunState, train_streams
@@ -65,11 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         with phases("setup"):
             run = setup(cfg, ckpt, env, phases)
         if run.state.iter_num >= cfg.max_iters:
-            env.say(f"nothing to do: {run.checkpoints.out_dir / 'last.pt'} is at iteration "
+            env.say(f"nothing to do: {resume_file(run.checkpoints.out_dir)} is at iteration "
                     f"{run.state.iter_num} and max_iters is {cfg.max_iters}; raise --max_iters to train further")
             return 0
-        log = RunLog(run.checkpoints.out_dir, cfg, run.state.iter_num, run.resumed,
-                     ckpt.get("wandb_run_id") if ckpt else None) if env.master else NullLog()
+        log = env.on_master(lambda: RunLog(run.checkpoints.out_dir, cfg, run.state.iter_num, run.resumed,
+                                           ckpt.get("wandb_run_id") if ckpt else None)) or NullLog()
         try:
             status = train(cfg, env, run, log, stopper)
             log.phases(summary := time_summary(run))
@@ -131,6 +131,7 @@ def setup(cfg: TrainConfig, ckpt: dict | None, env, phases: Phases) -> Run:
         tokenizer_from_dict(ckpt["tokenizer"]) if ckpt is not None and cfg.tokenizer == "gpt2" else None
     data_dir = prepare_data(cfg, env, use)
     meta = load_meta(data_dir)
+    check_splits(meta, cfg, data_dir)  # a split too short for block_size: now, not at the first eval
     tokenizer = tokenizer_from_dict(meta["tokenizer"])
     per_rank = gas // env.world
     state = RunState(train_streams(data_dir, cfg, env, range(env.rank * per_rank, (env.rank + 1) * per_rank)))
@@ -150,13 +151,16 @@ def setup(cfg: TrainConfig, ckpt: dict | None, env, phases: Phases) -> Run:
     scaler = torch.amp.GradScaler(env.device.type, enabled=env.dtype == torch.float16)  # fp16 only
     checkpoints = Checkpoints(out_dir, env, raw_model, optimizers, scaler, cfg, mcfg, tokenizer, phases)
     if ckpt is not None:
-        checkpoints.restore(ckpt, state)
+        checkpoints.restore(ckpt, state, resume_file(out_dir))
     model = torch.compile(raw_model) if env.compile else raw_model
     train_model = DDP(model, device_ids=[env.device.index] if env.device.type == "cuda" else None) \
         if env.ddp else model
     tokens_per_iter = gas * cfg.batch_size * cfg.block_size
+    seen = (cfg.max_iters - (ckpt["iter_num"] if ckpt else 0)) * tokens_per_iter
+    epochs = seen / meta["train_tokens"]
     env.say(f"data: {data_dir} ({meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens, "
-            f"{tokenizer.kind} tokenizer, vocab {meta['vocab_size']})")
+            f"{tokenizer.kind} tokenizer, vocab {meta['vocab_size']}); this run trains on {seen:,} tokens, "
+            + (f"{epochs:.2f} epochs of the train split" if epochs >= 0.1 else f"{100 * epochs:.2g}% of one epoch"))
     env.say(f"model: {raw_model.num_params() / 1e6:.2f}M parameters; {tokens_per_iter:,} tokens per step "
             f"({gas} x {cfg.batch_size} x {cfg.block_size}); out_dir: {out_dir}")
     val_windows = ValWindows(data_dir, meta, cfg, env) if cfg.eval_full_val else None
@@ -185,9 +189,11 @@ def train(cfg: TrainConfig, env, run: Run, log, stopper: Stopper) -> int:
             state.train_time += timer.split()
             with run.phases("evaluation"):
                 losses = evaluate(run.model, run.data_dir, run.val_windows, cfg, env)
-            best = losses["val"] < state.best_val_loss
-            state.best_val_loss = min(state.best_val_loss, losses["val"])
-            log.eval(it, losses["train"], losses["val"], state.train_time, best and it > 0, run.val_label)
+            # ckpt.pt: the best of the trained weights (the first eval after step 0 always is)
+            best = it > 0 and losses["val"] < state.best_val_loss
+            state.best_val_loss = losses["val"] if best else state.best_val_loss
+            env.on_master(lambda: log.eval(it, losses["train"], losses["val"], state.train_time, best, run.val_label,
+                                           losses["val_bpb"]))
             if it > 0:
                 last = cfg.always_save_checkpoint or it == cfg.max_iters
                 run.checkpoints.save(["last.pt"] * last + ["ckpt.pt"] * best, state, log.wandb_id)
@@ -293,10 +299,13 @@ def claim_out_dir(cfg: TrainConfig, ckpt: dict | None, env) -> Path:
     out_dir = Path(cfg.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out_dir={out_dir} is a file, not a folder; choose another --out_dir")
-    if ckpt is None and (out_dir / "last.pt").exists():
-        raise ConfigError(f"{out_dir} already holds a run (last.pt); continue it with --init_from=resume, "
+    held = sorted(p.name for p in out_dir.glob("*.pt") if p.is_file()) + \
+        ["metrics.jsonl"] * (out_dir / "metrics.jsonl").is_file()
+    if ckpt is None and held:
+        raise ConfigError(f"{out_dir} already holds a run ({', '.join(held)}); continue it with --init_from=resume, "
                           f"or start a new one with another --out_dir (or delete {out_dir})")
-    if env.master:
+
+    def make():
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -305,19 +314,18 @@ def claim_out_dir(cfg: TrainConfig, ckpt: dict | None, env) -> Path:
         if not os.access(out_dir, os.W_OK):
             raise ConfigError(f"--out_dir={out_dir} is not writable; choose another --out_dir")
         clean_stale_temp_files(out_dir)
+    env.on_master(make)  # rank 0 writes the run's files; if it cannot, every rank stops now
     return out_dir
 
 
 def prepare_data(cfg: TrainConfig, env, tokenizer=None) -> Path:
     """The prepared dataset's folder (read with `tokenizer`, if given). The first process
-    prepares it, the others wait."""
-    kwargs = dict(vocab_size=cfg.tokenizer_vocab_size, source=cfg.data_source, root=cfg.data_root, use=tokenizer)
-    if env.master:
-        data_dir = prepare(cfg.dataset, cfg.tokenizer, quiet=False, **kwargs)
-    env.barrier()
-    if not env.master:
-        data_dir = prepare(cfg.dataset, cfg.tokenizer, quiet=True, **kwargs)
-    return data_dir
+    prepares it, the others wait, then find it prepared (or stop with its error)."""
+    kwargs = dict(vocab_size=cfg.tokenizer_vocab_size, source=cfg.data_source, root=cfg.data_root, use=tokenizer,
+                  bpe_sample_mb=cfg.bpe_sample_mb, hf_column=cfg.hf_column, hf_split=cfg.hf_split,
+                  hf_config=cfg.hf_config)
+    data_dir = env.on_master(lambda: prepare(cfg.dataset, cfg.tokenizer, quiet=False, **kwargs))
+    return data_dir if env.master else prepare(cfg.dataset, cfg.tokenizer, quiet=True, **kwargs)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ still be running.
 """
 
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -29,8 +30,8 @@ def _host() -> str:
 
 def atomic_write(path, data) -> Path:
     """Write data (bytes, str, or a function that writes to a binary file) to path atomically.
-    The file gets the usual permissions (0666 less the umask, so 0644 for most users) and is
-    flushed to disk before the rename."""
+    The file gets the usual permissions (0666 less the umask, so 0644 for most users), is
+    flushed to disk before the rename, and its folder after it."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -54,6 +55,7 @@ def atomic_write(path, data) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        sync_folder(path.parent)  # the rename itself is an entry in the folder: on disk only once synced
     except PermissionError:
         raise UserError(f"cannot write {path}: permission denied; choose a writable path") from None
     except OSError as e:
@@ -63,6 +65,19 @@ def atomic_write(path, data) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def sync_folder(folder: Path):
+    """fsync a folder, so the names created or renamed in it survive a power cut (POSIX; a
+    system that cannot open a folder, such as Windows, has nothing to sync this way)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _writer_alive(pid: int) -> bool:
@@ -93,7 +108,7 @@ def clean_stale_temp_files(folder) -> list[Path]:
                 stale = time.time() - tmp.stat().st_mtime > FOREIGN_TEMP_AGE
             except FileNotFoundError:
                 continue
-        if stale:
-            tmp.unlink(missing_ok=True)
+        if stale:  # a folder too: a killed data preparation's (data/prepare.py)
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed

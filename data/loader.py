@@ -7,6 +7,7 @@ is a few plain ints, saved by state_dict() into a checkpoint and restored by loa
 a resumed run sees exactly the batches an uninterrupted one would have seen.
 """
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,29 @@ def read_split(bin_path, device="cpu") -> torch.Tensor:
     path = Path(bin_path)
     dtype, _ = split_size(path)
     return torch.from_numpy(np.fromfile(path, dtype=dtype).astype(np.int64)).to(device)
+
+
+def free_memory(device) -> int | None:
+    """Bytes free on device now (a CUDA GPU's, or the host's available RAM), or None if unknown."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu":
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):  # not on this OS
+            return None
+    return None
+
+
+def resident_fits(bin_path, device, share=0.25) -> tuple[bool, str]:
+    """(whether read_split's int64 copy of the split fits in `share` of the device's free
+    memory, the figures in words): the rest is for the model, its activations and the other
+    processes. A copy that does not fit is read from the memory-mapped file instead."""
+    _, n = split_size(Path(bin_path))
+    need, free = 8 * n, free_memory(device)
+    words = f"{need / 1e9:.2f} GB as int64" + (f", {free / 1e9:.1f} GB free on {device}" if free else "")
+    return free is not None and need <= share * free, words
 
 
 class BatchLoader:

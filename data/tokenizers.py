@@ -10,7 +10,8 @@ with nothing else on disk (except GPT-2, whose 50k ranks tiktoken keeps in its o
 - BPETokenizer: a byte-level BPE trained on our own train split with rustbpe (GPT-4 style split
   pattern), run by tiktoken. Byte-level, so encode -> decode is exact for any text. Training
   reports its merges to a progress callback, read from rustbpe's log lines (its only hook).
-All three encode "<|endoftext|>" as ordinary text: there are no special tokens.
+All three encode "<|endoftext|>" as ordinary text. GPT-2's end-of-text token (50256), and a BPE's
+own one where its corpus has many documents, are written only between documents by prepare().
 """
 
 import base64
@@ -49,6 +50,7 @@ HUB_NAMES = {
 
 class CharTokenizer:
     kind = "char"
+    eot = None  # documents are joined by their source's separator text instead
 
     def __init__(self, chars):
         self.chars = "".join(sorted(set(chars)))
@@ -83,6 +85,13 @@ class _TiktokenTokenizer:
 
     def decode(self, ids):
         return self.enc.decode(list(ids))
+
+    @property
+    def eot(self):
+        """The end-of-text token's id, or None where the vocabulary has none."""
+        if "<|endoftext|>" not in self.enc.special_tokens_set:
+            return None
+        return self.enc.encode_single_token("<|endoftext|>")
 
 
 def gpt2_cache_dir():
@@ -231,35 +240,39 @@ def bpe_trainer():
 class BPETokenizer(_TiktokenTokenizer):
     kind = "bpe"
 
-    def __init__(self, ranks, pattern):
-        """ranks: the token byte strings in rank order (token id = index); pattern: split regex."""
-        self.ranks, self.pattern = list(ranks), pattern
+    def __init__(self, ranks, pattern, eot=False):
+        """ranks: the token byte strings in rank order (token id = index); pattern: split regex;
+        eot: one more token after them, <|endoftext|>, to mark where a document ends."""
+        self.ranks, self.pattern, self.has_eot = list(ranks), pattern, eot
         # byte-level: all 256 single bytes must be tokens, or some text could not be encoded
         if len(set(self.ranks)) != len(self.ranks) or \
                 set(self.ranks[:256]) != {bytes([i]) for i in range(256)}:
             raise DataError("bpe ranks must start with the 256 single bytes and have no duplicates")
         self.enc = tiktoken.Encoding(name=f"qkvgpt-bpe-{len(self.ranks)}", pat_str=pattern,
                                      mergeable_ranks={b: i for i, b in enumerate(self.ranks)},
-                                     special_tokens={})
-        self.vocab_size = len(self.ranks)
+                                     special_tokens={"<|endoftext|>": len(self.ranks)} if eot else {})
+        self.vocab_size = len(self.ranks) + eot
 
     @classmethod
-    def train(cls, text, vocab_size, progress=None):
-        """progress(merges done, merges in all), if given, is called as training goes."""
+    def train(cls, text, vocab_size, progress=None, eot=False):
+        """text: a str, or an iterable of them (a sample of a corpus); vocab_size counts the
+        end-of-text token if eot. progress(merges done, merges in all), if given, is called as
+        training goes."""
         import rustbpe
         check_bpe_vocab(vocab_size)
         tok = rustbpe.Tokenizer()
+        texts = [text] if isinstance(text, str) else text
         # feed it speech-sized pieces, each keeping its closing blank line (so ".\n\n" can merge):
         # rustbpe counts the regex chunks of the pieces in parallel
         with rustbpe_progress(progress):
-            tok.train_from_iterator(iter(re.split(r"(?<=\n\n)", text)), vocab_size)
+            tok.train_from_iterator((p for t in texts for p in re.split(r"(?<=\n\n)", t)), vocab_size - eot)
         ranks = sorted(tok.get_mergeable_ranks(), key=lambda br: br[1])
         assert [r for _, r in ranks] == list(range(len(ranks))), "rustbpe ranks are not 0..n-1"
-        return cls([b for b, _ in ranks], tok.get_pattern())
+        return cls([b for b, _ in ranks], tok.get_pattern(), eot)
 
     def to_dict(self):
         # JSON has no bytes: base64 each token, in rank order
-        return {"kind": "bpe", "pattern": self.pattern,
+        return {"kind": "bpe", "pattern": self.pattern, **({"eot": True} if self.has_eot else {}),
                 "ranks": [base64.b64encode(b).decode("ascii") for b in self.ranks]}
 
 
@@ -330,6 +343,7 @@ def tokenizer_from_dict(d):
                                  d["special"])
         if d["kind"] == "gpt2":
             return GPT2Tokenizer()
-        return BPETokenizer([base64.b64decode(r, validate=True) for r in d["ranks"]], d["pattern"])
+        return BPETokenizer([base64.b64decode(r, validate=True) for r in d["ranks"]], d["pattern"],
+                            bool(d.get("eot")))
     except (KeyError, TypeError, ValueError) as e:
         raise DataError(f"corrupt {d['kind']} tokenizer description ({type(e).__name__}: {e})") from None

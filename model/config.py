@@ -68,14 +68,14 @@ class GPTConfig(ModelSettings):
             raise ConfigError(
                 f"RoPE rotates channel pairs, so the head size must be even; "
                 f"n_embd / n_head = {self.head_size}")
-        if self.rope_base <= 0:
+        if not 0 < self.rope_base < float("inf"):  # written so that nan fails too
             raise ConfigError(f"rope_base must be positive, got {self.rope_base!r}")
         w = self.attn_window
         if not isinstance(w, int) or isinstance(w, bool) or not 0 <= w <= self.block_size:
             raise ConfigError(
                 f"attn_window must be 0 (full causal attention) or in 1..block_size={self.block_size} "
                 f"(each token sees its last attn_window tokens), got {w!r}")
-        if self.logit_softcap < 0:
+        if not 0 <= self.logit_softcap < float("inf"):
             raise ConfigError(f"logit_softcap must be >= 0 (0 = off), got {self.logit_softcap!r}")
 
     @property

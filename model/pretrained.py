@@ -37,6 +37,7 @@ the optional extra: pip install -e ".[gpt2]".
 import importlib
 import json
 import re
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -45,7 +46,7 @@ from common.errors import UserError
 from common.files import atomic_write
 from data.tokenizers import HUB_NAMES  # the four sizes' names, and where the hub keeps them
 from .attention import NORM_EPS
-from .config import GPTConfig
+from .config import GPTConfig, ModelSettings
 from .gpt import GPT
 
 INSTALL = 'pip install -e ".[gpt2]"'
@@ -304,19 +305,41 @@ def load_pretrained(name_or_path, **options):
 
 # ---------------------------------------------------------------- ours -> Hugging Face's
 
+# The settings transformers' GPT2LMHeadModel computes, each with the values it computes them for.
+# A ModelSettings field not named here must keep its default to be exported: a setting added
+# later is refused until it is added here, never exported as something else.
+EXPORTABLE = {
+    "block_size": "any", "n_layer": "any", "n_head": "any", "n_embd": "any",
+    "dropout": "any",          # training only
+    "attn_impl": "any",        # the same math either way
+    "zero_init": "any",        # the initial weights only
+    "bias": "any",             # bias=False is GPT-2 with every bias 0: export writes those zeros
+    "tie_embeddings": "any",   # tie_word_embeddings
+    "n_kv_head": lambda c: c.n_kv_head == c.n_head,     # GPT-2 is multi-head: one K/V per head
+    "mlp_act": lambda c: c.mlp_act in ("gelu", "gelu_tanh"),
+}
+
+
+def export_refusals(config: GPTConfig) -> list[str]:
+    """The settings of `config` that transformers' GPT-2 does not compute, as `name=value`."""
+    defaults = ModelSettings()
+    out = []
+    for f in fields(ModelSettings):
+        rule, value = EXPORTABLE.get(f.name), getattr(config, f.name)
+        ok = rule == "any" or (rule(config) if rule else value == getattr(defaults, f.name))
+        if not ok:
+            out.append(f"{f.name}={value!r}")
+    return out
+
+
 def hf_config(config: GPTConfig, dtype=torch.float32) -> dict:
-    """config.json for our model, refusing what transformers' GPT2LMHeadModel does not compute.
-    bias=False is fine: it is GPT-2 with every bias 0, and export writes those zeros."""
+    """config.json for our model, refusing what transformers' GPT2LMHeadModel does not compute
+    (EXPORTABLE)."""
     c = config
-    refusals = [(c.pos_emb != "learned", f"pos_emb={c.pos_emb!r} (GPT-2 learns absolute positions)"),
-                (c.norm != "layernorm", f"norm={c.norm!r} (GPT-2 uses LayerNorm)"),
-                (c.n_kv_head != c.n_head, f"n_kv_head={c.n_kv_head} < n_head={c.n_head} (GPT-2 is MHA)"),
-                (c.qk_norm, "qk_norm=True"), (c.embed_norm, "embed_norm=True"),
-                (c.logit_softcap > 0, f"logit_softcap={c.logit_softcap}"),
-                (c.mlp_act not in ("gelu_tanh", "gelu"), f"mlp_act={c.mlp_act!r} (GPT-2: gelu_tanh)")]
-    for refused, why in refusals:
-        if refused:
-            raise PretrainedError(f"cannot export a model with {why}: transformers' GPT-2 does not compute it")
+    refused = export_refusals(c)
+    if refused:
+        raise PretrainedError(f"cannot export a model with {', '.join(refused)}: transformers' GPT-2 does not "
+                              f"compute it (it has learned positions, LayerNorm, multi-head attention, GELU)")
     eot = {"bos_token_id": 50256, "eos_token_id": 50256} if c.vocab_size == 50257 else \
         {"bos_token_id": None, "eos_token_id": None}  # GPT-2's <|endoftext|> only in its vocabulary
     return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",

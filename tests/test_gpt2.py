@@ -181,16 +181,43 @@ def test_export_a_model_trained_here(tmp_path, options):
     torch.testing.assert_close(logits_of(back, idx), logits_of(ours, idx), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("option,match", [
-    (dict(pos_emb="rope"), "pos_emb='rope'"), (dict(norm="rmsnorm"), "norm='rmsnorm'"),
-    (dict(n_kv_head=2), "n_kv_head=2 < n_head=4"), (dict(qk_norm=True), "qk_norm"),
-    (dict(embed_norm=True), "embed_norm"), (dict(logit_softcap=30.0), "logit_softcap"),
-    (dict(mlp_act="relu2"), "mlp_act='relu2'")])
-def test_export_refuses_what_gpt2_does_not_compute(tmp_path, option, match):
-    model = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=1, n_head=4, n_embd=32, **option))
-    with pytest.raises(PretrainedError, match=match):
-        export_hf(model, tmp_path / "out")
-    assert not (tmp_path / "out").exists()  # refused before anything was written
+# a non-default value for every model setting, and whether transformers' GPT-2 computes it: the
+# exporter must write exactly those and refuse the rest (on a 4-head, 32-wide, 2-layer model)
+EXPORT_CASES = {
+    "block_size": (8, True), "n_layer": (1, True), "n_head": (2, True), "n_embd": (64, True),
+    "dropout": (0.1, True), "bias": (True, True), "attn_impl": ("explicit", True), "zero_init": (True, True),
+    "tie_embeddings": (False, True), "mlp_act": ("gelu_tanh", True), "n_kv_head": (2, False),
+    "pos_emb": ("rope", False), "rope_base": (500.0, False), "attn_window": (4, False),
+    "norm": ("rmsnorm", False), "embed_norm": (True, False), "qk_norm": (True, False),
+    "logit_softcap": (30.0, False), "x0_shortcut": (True, False),
+}
+
+
+def test_every_model_setting_has_an_export_case():
+    """A setting added to ModelSettings fails here until its case says whether GPT-2 computes it."""
+    from dataclasses import fields as dataclass_fields
+    from model.config import ModelSettings
+    assert set(EXPORT_CASES) == {f.name for f in dataclass_fields(ModelSettings)}
+
+
+@pytest.mark.parametrize("name", sorted(EXPORT_CASES))
+def test_export_writes_what_gpt2_computes_and_refuses_the_rest(tmp_path, name):
+    value, computed = EXPORT_CASES[name]
+    torch.manual_seed(0)
+    shape = dict(vocab_size=50, block_size=16, n_layer=2, n_head=4, n_embd=32)
+    model = GPT(GPTConfig(**{**shape, name: value})).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # every parameter away from its init (x0's scalars too)
+    if not computed:
+        with pytest.raises(PretrainedError, match=f"{name}={value!r}"):
+            export_hf(model, tmp_path / "out")
+        assert not (tmp_path / "out").exists()  # refused before anything was written
+        return
+    export_hf(model, tmp_path / "out")
+    back = GPT2LMHeadModel.from_pretrained(tmp_path / "out").eval()
+    idx = torch.randint(0, 50, (2, model.config.block_size))
+    torch.testing.assert_close(logits_of(back, idx), logits_of(model, idx), atol=1e-5, rtol=1e-5)
 
 
 # ---------------------------------------------------------------- the tokenizer
@@ -394,6 +421,22 @@ def test_finetune_needs_gpt2s_tokenizer(folders, corpus, tmp_path, capsys):
     args = [a for a in finetune_args(folders["safetensors"], corpus, tmp_path / "out") if a != "--tokenizer=gpt2"]
     assert train.main(args + ["--tokenizer=char"]) == 1
     assert "add --tokenizer=gpt2" in capsys.readouterr().err
+
+
+def test_finetune_refuses_model_settings_the_weights_do_not_have(folders, corpus, tmp_path, capsys):
+    """The weights decide the shape: a model setting asked for beside them is an error, not
+    dropped; the ones a fine-tune may change (dropout, a shorter block) still apply."""
+    import train
+    args = finetune_args(folders["safetensors"], corpus, tmp_path / "out")
+    assert train.main(args + ["--n_layer=6", "--qk_norm", "--attn_window=8"]) == 1
+    err = capsys.readouterr().err
+    assert "n_layer=6 (the weights have 2), attn_window=8 (the weights have 0), qk_norm=True" in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+    toml = tmp_path / "ft.toml"
+    toml.write_text("pos_emb = 'rope'\n")
+    assert train.main([str(toml)] + args) == 1
+    assert "pos_emb=rope (the weights have learned)" in capsys.readouterr().err
+    assert train.main(args + ["--n_layer=2", "--max_iters=1"]) == 0  # what the weights have is fine
 
 
 @pytest.mark.parametrize("fast", ["false", "true"])

@@ -356,6 +356,10 @@ def test_idx_longer_than_block_size_is_a_clear_error():
     (dict(attn_window=-1), "attn_window"),
     (dict(attn_window=True), "attn_window"),
     (dict(attn_window=4.0), "attn_window"),
+    (dict(rope_base=float("nan")), "rope_base"),
+    (dict(rope_base=float("inf")), "rope_base"),
+    (dict(logit_softcap=float("nan")), "logit_softcap"),
+    (dict(logit_softcap=float("inf")), "logit_softcap"),
 ])
 def test_bad_config_is_a_clear_error(kw, match):
     with pytest.raises(ConfigError, match=match):

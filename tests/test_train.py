@@ -169,6 +169,9 @@ def test_help_shows_the_values_that_will_run(monkeypatch, capsys, gpu, argv, sho
     (["--n_embd=30", "--n_head=4"], ["n_embd (30) must be divisible by n_head (4)"]),
     (["--device=cpu", "--dtype=float16"], ["float16 needs CUDA"]),
     (["--dataset=/nonexistent/text.txt"], ["/nonexistent/text.txt"]),
+    (["--rope_base=nan"], ["--rope_base must be a finite number"]),
+    (["--logit_softcap=nan"], ["--logit_softcap must be a finite number"]),
+    (["--learning_rate=3e-5"], ["min_lr=0.0001 is above learning_rate=3e-05", "--min_lr=3e-06"]),
 ])
 def test_config_mistakes_exit_1_with_one_clear_line(corpus, tmp_path, capsys, argv, words):
     argv = tiny(corpus, tmp_path / "out") + argv
@@ -234,6 +237,43 @@ def test_tiny_run_end_to_end(corpus, tmp_path, capsys):
     assert "already holds a run" in capsys.readouterr().err
 
 
+def test_a_runs_folder_is_never_overwritten_and_a_crash_without_last_pt_resumes(corpus, tmp_path, capsys):
+    """always_save_checkpoint=false writes last.pt only at the end: a run that crashed before it
+    left ckpt.pt and metrics.jsonl. A fresh run there is refused (it would delete both); a resume
+    continues from ckpt.pt, its best, which holds the whole training state."""
+    out = tmp_path / "out"
+    args = tiny(corpus, out, "--dropout=0.1", "--gradient_accumulation_steps=2", "--always_save_checkpoint=false")
+    assert train.main(args) == 0
+    (out / "last.pt").unlink()                      # as if killed before the end
+    kept = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    assert train.main(args) == 1
+    assert "already holds a run (ckpt.pt, metrics.jsonl); continue it with --init_from=resume" in \
+        capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == kept  # nothing touched
+    assert train.main([f"--out_dir={out}", "--init_from=resume", "--max_iters=12"]) == 0
+    said = capsys.readouterr().out
+    assert f"resumed from {out / 'ckpt.pt'} (iteration " in said and "there is no last.pt" in said
+    assert load_checkpoint(out / "last.pt")["iter_num"] == 12
+    only_log = tmp_path / "log"
+    only_log.mkdir()
+    (only_log / "metrics.jsonl").write_text("")
+    assert train.main(tiny(corpus, only_log)) == 1
+    assert "already holds a run (metrics.jsonl)" in capsys.readouterr().err
+
+
+def test_a_run_that_never_beats_step_0_still_leaves_ckpt_pt(corpus, tmp_path, capsys):
+    """ckpt.pt is the best of the trained weights: written at the first eval after step 0 even
+    when step 0's loss was lower (here the weights never move), so sample.py's default finds it."""
+    import sample
+    out = tmp_path / "out"
+    assert train.main(tiny(corpus, out, "--learning_rate=0", "--max_iters=4")) == 0
+    assert len({r["val_loss"] for r in records(out, "eval")}) == 1  # no eval beats step 0's
+    assert load_checkpoint(out / "ckpt.pt")["iter_num"] == 4
+    capsys.readouterr()
+    assert sample.main([f"--out_dir={out}", "--max_new_tokens=5", "--device=cpu"]) == 0
+
+
 def test_bpe_rope_gqa_run(corpus, tmp_path):
     """The other tokenizer and model options go through the same loop and checkpoint."""
     out = tmp_path / "out"
@@ -292,6 +332,27 @@ def test_resume_continues_exactly(corpus, straight, tmp_path):
     # and the resumed run's config came from the checkpoint: nothing else needs repeating
     assert train.main([f"--out_dir={out}", "--init_from=resume", "--max_iters=9"]) == 0
     assert load_checkpoint(out / "last.pt")["iter_num"] == 9
+
+
+def test_resume_applies_the_optimizer_settings_it_is_given(corpus, tmp_path, capsys):
+    """Every setting of a resumed run applies or is refused: new betas reach the restored AdamW
+    (the checkpoint's groups would otherwise keep the old ones while the config says the new),
+    Muon's momentum and decay reach Muon, and the optimizer and seed cannot change."""
+    out = tmp_path / "out"
+    assert train.main(tiny(corpus, out, "--optimizer=muon", "--max_iters=2")) == 0
+    assert train.main([f"--out_dir={out}", "--init_from=resume", "--max_iters=3", "--beta1=0.5", "--beta2=0.9",
+                       "--muon_momentum=0.8", "--muon_weight_decay=0.01", "--weight_decay=0.2"]) == 0
+    ckpt = load_checkpoint(out / "last.pt")
+    muon, adamw = ckpt["optimizer"]
+    assert {tuple(g["betas"]) for g in adamw["param_groups"]} == {(0.5, 0.9)}
+    assert [g["weight_decay"] for g in adamw["param_groups"]] == [0.2, 0.0]
+    assert [(g["momentum"], g["weight_decay"]) for g in muon["param_groups"]] == [(0.8, 0.01)]
+    assert (ckpt["config"]["beta1"], ckpt["config"]["muon_momentum"]) == (0.5, 0.8)
+    capsys.readouterr()
+    for change in ("--optimizer=adamw", "--seed=7"):
+        assert train.main([f"--out_dir={out}", "--init_from=resume", "--max_iters=4", change]) == 1
+        key = change[2:].split("=")[0]
+        assert f"was trained with {key}=" in capsys.readouterr().err
 
 
 def warnings_and_notes(text: str) -> list[str]:
@@ -486,3 +547,35 @@ def test_ddp_around_a_compiled_model_trains_and_resumes_exactly(corpus, tmp_path
     torchrun(halves, "--init_from=resume", "--max_iters=4")
     assert losses(halves) == losses(straight) and len(losses(straight)) == 4
     assert losses(straight)[-1][1] < losses(straight)[0][1]
+
+
+@pytest.mark.parametrize("case", ["preparation", "checkpoint"])
+def test_an_error_only_rank_0_sees_stops_every_rank_at_once(corpus, tmp_path, case):
+    """Two processes started as two nodes would start them (no torchrun to kill the other when
+    one fails): rank 0 alone prepares the data and writes the files, so where that fails (a
+    folder with no text in it; a checkpoint that cannot be written) rank 1 must stop too, with
+    the same error, rather than wait at the next collective for the process group's timeout."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = tiny(corpus, tmp_path / "out", "--max_iters=4")
+    if case == "preparation":
+        (tmp_path / "empty").mkdir()
+        args.append(f"--dataset={tmp_path / 'empty'}")
+        said = "has no .txt files"
+    else:  # ckpt.pt's name is taken by a folder: rank 0's write fails at the first eval after step 0
+        (tmp_path / "out" / "ckpt.pt").mkdir(parents=True)
+        said = "it is a folder"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port)}
+    procs = [subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT,
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    try:
+        outs = [p.communicate(timeout=90) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [1, 1], outs
+    assert said in outs[0][1] and "Traceback" not in outs[0][1] + outs[1][1]

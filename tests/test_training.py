@@ -238,7 +238,7 @@ def test_schedules_that_do_not_fit_the_run_warn():
     assert "no stable phase" in w
 
 
-def test_the_cpu_config_with_fewer_steps_decays_to_min_lr(corpus, tmp_path, capsys):
+def test_the_cpu_config_with_fewer_steps_ends_one_cooldown_step_above_min_lr(corpus, tmp_path, capsys):
     out = tmp_path / "out"
     args = ["cpu", f"--dataset={corpus / 'tiny.txt'}", f"--data_root={corpus / 'prepared'}", f"--out_dir={out}",
             "--n_layer=1", "--n_embd=16", "--n_head=2", "--max_iters=150", "--log_interval=1",
@@ -298,6 +298,20 @@ def test_unusable_out_dir_is_one_clear_line(corpus, tmp_path, capsys, out, words
     assert train.main(argv(settings(corpus, tmp_path / out))) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and words in err and "Traceback" not in err
+
+
+def test_atomic_write_syncs_the_file_then_its_folder(tmp_path, monkeypatch):
+    """A power cut after atomic_write returns must not lose the file: its data is synced before
+    the rename, and the folder (which holds the new name) after it."""
+    synced, fsync = [], os.fsync
+
+    def record(fd):
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), (tmp_path / "f.txt").exists()))
+        fsync(fd)
+    monkeypatch.setattr(os, "fsync", record)
+    atomic_write(tmp_path / "f.txt", "data")
+    assert [(Path(p).name, renamed) for p, renamed in synced] == [(temp_name(tmp_path / "f.txt").name, False),
+                                                                    (tmp_path.name, True)]
 
 
 def test_atomic_write_to_an_unusable_path_is_a_user_error(tmp_path):

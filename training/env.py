@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from common.device import ddp_backend, resolve_device, resolve_dtype
-from common.errors import ConfigError
+from common.errors import ConfigError, UserError
 
 # dense (no sparsity) bf16/fp16 tensor-core peak FLOP/s for MFU, from NVIDIA's datasheets, matched
 # against torch.cuda.get_device_name() in order, first match wins (so H100 PCIe before H100, and
@@ -73,6 +73,29 @@ class RunEnv:
     def barrier(self):
         if self.ddp:
             dist.barrier()
+
+    def on_master(self, work):
+        """work() on rank 0 alone (a preparation, a checkpoint write), and every rank hears how it
+        went: where it failed, each rank raises the same error now, rather than waiting at the
+        next collective for a rank that has stopped until the process group times out. Returns
+        work()'s result on rank 0, None elsewhere. A collective: call it on every rank."""
+        result, failure = None, None
+        if self.master:
+            try:
+                result = work()
+            except UserError as e:
+                failure = e
+            except Exception as e:  # a bug: rank 0 keeps its traceback, the others stop with a line
+                failure = e
+        if self.ddp:
+            said = [None if failure is None else str(failure) if isinstance(failure, UserError)
+                    else f"rank 0 stopped ({type(failure).__name__}: {failure})"]
+            dist.broadcast_object_list(said, src=0)
+            if not self.master and said[0] is not None:
+                raise UserError(said[0])
+        if failure is not None:
+            raise failure
+        return result
 
     def close(self):
         if dist.is_initialized():

@@ -2,7 +2,7 @@
 
     out_dir/metrics.jsonl   one JSON object per line: {"kind": "train", "iter", "loss", "lr",
                             "tok_per_s", "mfu"} every log_interval steps, {"kind": "eval", "iter",
-                            "train_loss", "val_loss", "train_time"} every eval, and one
+                            "train_loss", "val_loss", "val_bpb", "train_time"} every eval, and one
                             {"kind": "warmup", "iter", "seconds"}: the first step (compilation), and at the end
                             {"kind": "phases", ...}: where the run's wall time went, in seconds
                             (viz/metrics.py reads it back)
@@ -71,12 +71,15 @@ class RunLog:
             print(f"iter {it}: {line}", flush=True)
         self.bar.set_postfix_str(line, refresh=False)
 
-    def eval(self, it: int, train_loss: float, val_loss: float, train_time: float, best: bool, how: str = ""):
-        """how: what the val loss was measured over (training/evaluate.py val_label)."""
+    def eval(self, it: int, train_loss: float, val_loss: float, train_time: float, best: bool, how: str = "",
+             bpb: float | None = None):
+        """how: what the val loss was measured over (training/evaluate.py val_label); bpb: the
+        val loss in bits per byte of text, comparable across tokenizers."""
         self.record({"kind": "eval", "iter": it, "train_loss": train_loss, "val_loss": val_loss,
-                     "train_time": train_time})
+                     "val_bpb": bpb, "train_time": train_time})
         notes = [how] * bool(how) + ["best, saved ckpt.pt"] * best
         self.say(f"step {it}: train loss {train_loss:.4f}, val loss {val_loss:.4f}"
+                 + (f" ({bpb:.4f} bits/byte)" if bpb is not None else "")
                  + (f" ({'; '.join(notes)})" if notes else ""))
         train, evals, _ = read_metrics(self.path)
         atomic_write(self.svg, loss_svg(train, evals, title=self.title, standalone=True))

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from data import BatchLoader, DataError, read_split
+from data.loader import resident_fits
 from model.checkpoint import CheckpointError, save_checkpoint
 from .config import LOCKED
 
@@ -33,9 +34,16 @@ def stream_seed(seed: int, name: str, k: int = 0) -> int:
 
 def train_streams(data_dir: Path, cfg, env, streams) -> dict:
     """{k: the loader of stream k} for this process's streams. With data_on_device they all
-    gather from one copy of the train split on the device."""
+    gather from one copy of the train split on the device, where it fits (else a warning, and
+    they read the memory-mapped file); unset, it is on where it fits."""
     path = data_dir / "train.bin"
-    tokens = read_split(path, env.device) if cfg.data_on_device else None
+    on = False
+    if cfg.data_on_device is not False:
+        on, words = resident_fits(path, env.device)
+        if cfg.data_on_device and not on:
+            env.say(f"warning: data_on_device: the train split ({words}) does not fit in a quarter of "
+                    f"the free memory; reading it from the memory-mapped file instead", file=sys.stderr)
+    tokens = read_split(path, env.device) if on else None
     return {k: BatchLoader(path, cfg.block_size, cfg.batch_size, device=env.device,
                            seed=stream_seed(cfg.seed, "train", k), tokens=tokens)
             for k in streams}
@@ -112,17 +120,17 @@ class Checkpoints:
             return
         with self.phases("checkpoints"):
             run = state.state_dict(self.env)
-            if not self.env.master:
-                return
-            ckpt = {"model": self.model.state_dict(), **self.fixed, **run, "wandb_run_id": wandb_id,
-                    "optimizer": [o.state_dict() for o in self.optimizers], "scaler": self.scaler.state_dict()}
-            for name in names:
-                save_checkpoint(self.out_dir / name, ckpt)
 
-    def restore(self, ckpt: dict, state: RunState):
-        """Load last.pt into the model, the optimizers, the scaler and the run state; a
-        checkpoint that does not fit is one CheckpointError naming the way out."""
-        where = self.out_dir / "last.pt"
+            def write():
+                ckpt = {"model": self.model.state_dict(), **self.fixed, **run, "wandb_run_id": wandb_id,
+                        "optimizer": [o.state_dict() for o in self.optimizers], "scaler": self.scaler.state_dict()}
+                for name in names:
+                    save_checkpoint(self.out_dir / name, ckpt)
+            self.env.on_master(write)  # a failed write (a full disk) stops every rank, not rank 0 alone
+
+    def restore(self, ckpt: dict, state: RunState, where: Path):
+        """Load the checkpoint read from `where` into the model, the optimizers, the scaler and
+        the run state; one that does not fit is one CheckpointError naming the way out."""
         if ckpt.get("tokenizer") != self.fixed["tokenizer"]:
             raise CheckpointError("the prepared data's tokenizer differs from the checkpoint's (the dataset "
                                   "was prepared again, or differently); resume with the same data or start "
@@ -138,11 +146,7 @@ class Checkpoints:
             if len(ckpt["optimizer"]) != len(self.optimizers):
                 raise ValueError(f"{len(ckpt['optimizer'])} optimizer states for {len(self.optimizers)} optimizers")
             for opt, s in zip(self.optimizers, ckpt["optimizer"]):
-                ours = [(g["peak_lr"], g["weight_decay"]) for g in opt.param_groups]
-                opt.load_state_dict(with_live_kernels(s, opt))
-                # this run's peaks and decays: --learning_rate or --muon_weight_decay may change
-                for g, (peak, decay) in zip(opt.param_groups, ours):
-                    g["peak_lr"], g["weight_decay"] = peak, decay
+                opt.load_state_dict(with_live_settings(s, opt))
             self.restore_scaler(ckpt["scaler"])
             state.load_state_dict(ckpt, self.env)
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError, DataError) as e:
@@ -165,16 +169,13 @@ class Checkpoints:
                          f"the checkpoint's is dropped")
 
 
-# How an optimizer computes its step, not what it learned: this run's choice, whatever the
-# checkpoint's was. Optimizer.load_state_dict adopts the saved groups' flags, so a last.pt written
-# on a CPU would turn a CUDA run's fused AdamW into the for-loop one, which refuses the fp16
-# GradScaler's found_inf (the fused step takes it); and it places each "step" counter by them.
-KERNEL_FLAGS = ("fused", "foreach", "capturable", "differentiable")
-
-
-def with_live_kernels(saved: dict, opt) -> dict:
-    """The saved optimizer state with `opt`'s own KERNEL_FLAGS in every group, ready to load."""
-    groups = [{**g, **{k: live[k] for k in KERNEL_FLAGS if k in live}}
+def with_live_settings(saved: dict, opt) -> dict:
+    """The saved optimizer state (its moments and step counts) with `opt`'s own group settings:
+    this run's betas, decays, peaks and kernel flags (fused, foreach, capturable), as its config
+    says. Optimizer.load_state_dict would adopt the saved groups' instead, so new betas would be
+    silently ignored, and a last.pt written on a CPU would turn a CUDA run's fused AdamW into the
+    for-loop one; set before loading, since it places each step counter by those flags."""
+    groups = [{**g, **{k: v for k, v in live.items() if k != "params"}}
               for g, live in zip(saved["param_groups"], opt.param_groups)]
     groups += saved["param_groups"][len(groups):]  # a count that differs: load_state_dict says so
     return {**saved, "param_groups": groups}
