@@ -21,14 +21,6 @@ import numbers
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
-
-# The SDPA kernels a one-token decode step may use: never cuDNN's, reported to corrupt GQA
-# decoding silently on new GPUs (https://github.com/pytorch/pytorch/issues/193893). With one
-# query the kernel choice costs next to nothing. Pinned once per decode step around the whole
-# forward, not per layer: entering sdpa_kernel is Python work on the scale of a small attention.
-DECODE_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
     """logits (N, V) -> next token ids (N,). temperature 0 means greedy (argmax).
@@ -147,9 +139,8 @@ def _cached_logits(model, idx, max_new_tokens, pick, num_samples, keep):
             tokens = tokens[:, -seen:]
             cache.reset()
             logits = model(tokens, cache=cache, last_only=True)[0][:, -1]
-        else:
-            with sdpa_kernel(DECODE_BACKENDS):                          # one new token
-                logits = model(nxt[:, None], cache=cache, last_only=True)[0][:, -1]
+        else:                                                           # one new token
+            logits = model(nxt[:, None], cache=cache, last_only=True)[0][:, -1]
 
 
 def _rolling_logits(model, idx, max_new_tokens, pick, num_samples):
@@ -165,8 +156,7 @@ def _rolling_logits(model, idx, max_new_tokens, pick, num_samples):
         yield logits, nxt
         if step == max_new_tokens - 1:
             break
-        with sdpa_kernel(DECODE_BACKENDS):                              # one new token
-            logits = model(nxt[:, None], cache=cache, last_only=True)[0][:, -1]
+        logits = model(nxt[:, None], cache=cache, last_only=True)[0][:, -1]  # one new token
 
 
 def _uncached_logits(model, idx, max_new_tokens, pick, num_samples, keep):

@@ -12,7 +12,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import NORM_EPS, CausalSelfAttention, Rotary, rms_norm
+from torch.nn.attention import sdpa_kernel
+
+from .attention import NORM_EPS, SDPA_BACKENDS, CausalSelfAttention, Rotary, rms_norm, sdpa_phase
 from .config import GPTConfig
 from .generate import generate
 from .kv_cache import KVCache, RollingKVCache
@@ -184,8 +186,9 @@ class GPT(nn.Module):
         # RoPE's angles at these positions, once for every layer: (cos, sin), each (T, hs/2)
         rope = self.rotary.cos_sin(positions) if self.rotary is not None else None
         x = x0 = self.drop(self.ln_e(x))
-        for block in self.blocks:
-            x = block(x, x0, rope, cache)
+        with sdpa_kernel(SDPA_BACKENDS[sdpa_phase(self.training, cache is not None, T)]):
+            for block in self.blocks:
+                x = block(x, x0, rope, cache)
         if cache is not None:
             cache.advance(T)
         x = self.ln_f(x)

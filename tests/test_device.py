@@ -132,3 +132,32 @@ def test_float16_needs_cuda():
 ])
 def test_mfu_peak_by_name(name, peak):
     assert peak_flops(name) == peak
+
+
+def test_the_step_timer_records_on_the_runs_own_device(monkeypatch):
+    """A run on cuda:1 in one process (cuda:0 current): its step events go on cuda:1's stream.
+    A stand-in torch.cuda records where each event is queued."""
+    streams = []
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            pass
+
+        def record(self, stream=None):
+            streams.append(stream)
+
+        def synchronize(self):
+            pass
+
+        def elapsed_time(self, end):
+            return 250.0
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: f"stream of {torch.device(device)}")
+    phases = env_mod.Phases()
+    timer = env_mod.StepTimer(torch.device("cuda", 1), phases)
+    for _ in range(2):
+        timer.start()
+        timer.stop()
+    assert timer.split() == 0.5 and timer.rate() == 4.0
+    assert streams == ["stream of cuda:1"] * 4

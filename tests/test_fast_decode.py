@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from model import GPT, GPTConfig
-from model.fast_decode import StaticDecoder, decode_static
+from model.fast_decode import DecodeCheckError, StaticDecoder, decode_static
 from model.generate import decode
 from tests.test_gpu_invariants import freed_at_once  # one check for the CPU and the CUDA test
 
@@ -169,17 +169,43 @@ def test_ring_slots_not_written_yet_are_masked():
     assert torch.equal(run(dec.decode(idx, 12, temperature=0))[1], want)   # and after a long one
 
 
-def test_ring_verify_covers_a_step_past_block_size(monkeypatch):
-    """verify() runs the ring's step mid-ring at a position past block_size."""
+def test_verify_steps_at_several_positions(monkeypatch):
+    """verify() runs the step at the first slot, mid-window and the last slot; a ring's mid-ring
+    before it wraps (slots not written yet) and past block_size (a wrapped slot)."""
     seen = []
     real = StaticDecoder._step
 
     def step(self):
-        seen.append((int(self.pos), self.pos.item() % self.max_len))
+        seen.append(int(self.pos))
         real(self)
     monkeypatch.setattr(StaticDecoder, "_step", step)
+    StaticDecoder(make(), 2).verify()
+    assert seen == [0, 0, BLOCK // 2, BLOCK // 2, BLOCK - 1, BLOCK - 1]
+    seen.clear()
     StaticDecoder(make(**RING), 2).verify()
-    assert seen == [(BLOCK + 2, (BLOCK + 2) % 5)] * 2 and seen[0][0] > BLOCK
+    assert seen == [2, 2, BLOCK + 2, BLOCK + 2] and 2 < RING["attn_window"] - 1 and BLOCK + 2 > BLOCK
+
+
+def test_verify_catches_a_ring_that_sees_slots_not_written_yet(monkeypatch):
+    """A replay whose mask forgets which ring slots hold nothing yet: right once the ring has
+    wrapped (every slot written), wrong before."""
+    from model.attention import position_mask
+
+    def blind(self):
+        slot_pos = self.pos - (self.pos - self.key_idx) % self.max_len
+        ok = position_mask(self.pos, slot_pos, self.config.attn_window)[0]      # no `& written`
+        return self.neg_inf.masked_fill(ok, 0.0).view(1, 1, 1, self.max_len)
+
+    def replay(self):
+        monkeypatch.setattr(StaticDecoder, "_visible", blind)
+        try:
+            self._step()
+        finally:
+            monkeypatch.setattr(StaticDecoder, "_visible", visible)
+    visible = StaticDecoder._visible
+    monkeypatch.setattr(StaticDecoder, "_replay", replay)
+    with pytest.raises(DecodeCheckError, match="off by .* at position 2 "):
+        StaticDecoder(make(**RING), 2).verify()
 
 
 def test_step_returns_the_static_buffer_and_decode_clones_it():
@@ -306,6 +332,7 @@ def test_cuda_graph_passes_its_self_check(name, dtype):
     assert dec.filled == 0 and dec.pos.item() == 0
 
 
+@cuda
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
 def test_cuda_graph_on_the_second_gpu():
     """The model on cuda:1 while cuda:0 is current: warm-up and capture must use cuda:1's own

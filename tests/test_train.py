@@ -500,12 +500,14 @@ def test_wandb_failure_never_stops_training(corpus, tmp_path, monkeypatch, capsy
 def test_ddp_two_processes_match_one_with_twice_the_accumulation(corpus, tmp_path):
     """torchrun --nproc_per_node=2 with gloo and the default gradient_accumulation_steps (one
     micro-step per process) against one process with gas=2: the same batches, so the same
-    losses up to float rounding."""
+    losses up to float rounding. MFU counts a step's tokens (every process's) against the peak
+    of all the devices that computed them."""
     one, two = tmp_path / "one", tmp_path / "two"
-    assert train.main(tiny(corpus, one, "--gradient_accumulation_steps=2", "--max_iters=4")) == 0
+    peak = "--peak_flops=1e9"
+    assert train.main(tiny(corpus, one, "--gradient_accumulation_steps=2", "--max_iters=4", peak)) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as torchrun would set
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        str(ROOT / "train.py"), *tiny(corpus, two, "--max_iters=4")],
+                        str(ROOT / "train.py"), *tiny(corpus, two, "--max_iters=4", peak)],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "2 processes" in r.stdout and "(2 x 4 x 32)" in r.stdout
@@ -515,6 +517,36 @@ def test_ddp_two_processes_match_one_with_twice_the_accumulation(corpus, tmp_pat
     for a, b in zip(records(one, "eval"), records(two, "eval")):
         assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-5)
     assert load_checkpoint(two / "last.pt")["iter_num"] == 4
+    flops = model_from_checkpoint(load_checkpoint(two / "last.pt")).flops_per_token(32)
+    for out, devices in ((one, 1), (two, 2)):
+        for r in records(out, "train"):
+            assert r["mfu"] == pytest.approx(r["tok_per_s"] * flops / (devices * 1e9), rel=1e-9)
+
+
+@pytest.mark.slow
+def test_ddp_around_a_compiled_model_trains_and_resumes_exactly(corpus, tmp_path):
+    """torchrun --nproc_per_node=2 with gloo and --compile=true: DDP around a torch.compile'd
+    model, two micro-batches per process (the first under no_sync), dropout on. 2 steps then
+    --init_from=resume for 2 more give the very losses of 4 steps in one go. The three runs share
+    one Inductor cache, so only the first compiles from cold."""
+    small = ["--n_layer=1", "--n_embd=16", "--block_size=16", "--batch_size=2", "--eval_iters=1",
+             "--eval_interval=100", "--eval_at_start=false", "--lr_decay_iters=4", "--warmup_iters=1",
+             "--compile=true", "--gradient_accumulation_steps=4", "--dropout=0.1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+
+    def torchrun(out, *extra):
+        r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                            str(ROOT / "train.py"), *tiny(corpus, out, *small, *extra)],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "compile: True, 2 processes" in r.stdout and "(4 x 2 x 16)" in r.stdout
+
+    straight, halves = tmp_path / "straight", tmp_path / "halves"
+    torchrun(straight, "--max_iters=4")
+    torchrun(halves, "--max_iters=2")
+    torchrun(halves, "--init_from=resume", "--max_iters=4")
+    assert losses(halves) == losses(straight) and len(losses(straight)) == 4
+    assert losses(straight)[-1][1] < losses(straight)[0][1]
 
 
 @pytest.mark.parametrize("case", ["preparation", "checkpoint"])

@@ -358,3 +358,27 @@ def test_a_resumed_runs_first_step_is_warm_up_not_training_time(corpus, tmp_path
     assert [r["iter"] for r in records if r["kind"] == "warmup"] == [0, 4]
     phases = [r for r in records if r["kind"] == "phases"]
     assert len(phases) == 2 and all(p["warm_up"] > 0 and p["steps"] > 0 for p in phases)
+
+
+def test_a_resume_keeps_this_runs_optimizer_kernels(corpus, tmp_path, monkeypatch):
+    """A last.pt written on a CPU (for-loop AdamW) resumed in a run whose AdamW is fused (a CUDA
+    run): the live flags win, and in float16 the GradScaler's step goes through (the for-loop
+    AdamW refuses its found_inf). And back: a fused run's checkpoint does not fuse a CPU run."""
+    out = tmp_path / "out"
+    assert train.main(argv(settings(corpus, out, max_iters=4))) == 0
+    adamw = torch.optim.AdamW
+    monkeypatch.setattr(torch.optim, "AdamW", lambda *a, **k: adamw(*a, **{**k, "fused": True}))
+    cfg, ckpt, _ = load_settings([f"--out_dir={out}", "--init_from=resume", "--max_iters=8"])
+    assert all(not g["fused"] for g in ckpt["optimizer"][-1]["param_groups"])
+    fp16 = RunEnv(torch.device("cpu"), torch.float16, False)  # start_env refuses fp16 off CUDA
+    run = train.setup(cfg, ckpt, fp16, Phases())
+    assert all(g["fused"] for g in run.optimizers[-1].param_groups)
+    params = list(run.raw_model.parameters())
+    before = [p.detach().clone() for p in params]
+    assert torch.isfinite(train.train_step(run, cfg, fp16, params))
+    assert not all(torch.equal(a, p) for a, p in zip(before, params))
+    run.checkpoints.save(["last.pt"], run.state, None)
+    monkeypatch.setattr(torch.optim, "AdamW", adamw)
+    cfg, ckpt, _ = load_settings([f"--out_dir={out}", "--init_from=resume", "--max_iters=8"])
+    run = train.setup(cfg, ckpt, start_env(cfg), Phases())
+    assert not any(g["fused"] for g in run.optimizers[-1].param_groups)

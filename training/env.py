@@ -125,13 +125,15 @@ def peak_flops(device_name: str) -> float | None:
 
 
 def run_peak_flops(env: RunEnv, override: float | None) -> float | None:
-    """The peak MFU is reported against: --peak_flops, or a known GPU's in bf16/fp16. A CPU's
+    """The peak MFU is reported against: one device's (--peak_flops, or a known GPU's in
+    bf16/fp16) times the number of processes, since a step's tokens are every process's. A CPU's
     peak depends on its cores, clock and vector units, so it is not guessed."""
     if override:
-        return override
+        return override * env.world
     if env.device.type != "cuda" or env.dtype == torch.float32:
         return None
-    return peak_flops(torch.cuda.get_device_name(env.device))
+    one = peak_flops(torch.cuda.get_device_name(env.device))
+    return one * env.world if one else None
 
 
 class StepTimer:
@@ -141,21 +143,23 @@ class StepTimer:
     around the step is exact. What is read is also added to the run's phases."""
 
     def __init__(self, device: torch.device, phases: "Phases"):
-        self.cuda, self.phases = device.type == "cuda", phases
+        # the events go on the stream of the run's own device: a bare record() would put them on
+        # the current device's (cuda:0's), timing nothing of a run on cuda:1
+        self.device, self.cuda, self.phases = device, device.type == "cuda", phases
         self.pending, self.t0 = [], 0.0
         self.steps, self.seconds = 0, 0.0  # since the last rate()
 
     def start(self):
         if self.cuda:
             self.pending.append([torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)])
-            self.pending[-1][0].record()
+            self.pending[-1][0].record(torch.cuda.current_stream(self.device))
         else:
             self.t0 = time.perf_counter()
 
     def stop(self):
         self.steps += 1
         if self.cuda:
-            self.pending[-1][1].record()
+            self.pending[-1][1].record(torch.cuda.current_stream(self.device))
         else:
             self.pending.append(time.perf_counter() - self.t0)
 
