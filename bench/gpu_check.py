@@ -159,10 +159,11 @@ def check_cuda_tests(c, args):
 
 def check_attention(c, args):
     """One forward + backward at shakespeare_char's attention shape through each SDPA kernel
-    training may use (model/attention.py), alone, against fp32 math; cuDNN's too, as a figure
+    training may use (model/kernels.py), alone, against fp32 math; cuDNN's too, as a figure
     only. Two masks: the causal triangle (is_causal) and a sliding window's bool band."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
-    from model.attention import CAUSAL, SDPA_BACKENDS, causal_mask, sdpa_attention
+    from model.attention import CAUSAL, causal_mask, sdpa_attention
+    from model.kernels import SDPA_BACKENDS
 
     cuda = args.kind == "cuda"
     B, nh, T, hs = (64, 6, 256, 64) if cuda else (4, 2, 32, 16)  # shakespeare_char: batch 64, 6 heads of 64

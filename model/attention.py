@@ -18,32 +18,6 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend
-
-# The SDPA kernels each phase may use, chosen here for every caller (GPT.forward enters the
-# phase's choice once per forward, the static decode step once per step). SDPA tries them in
-# PyTorch's order (cuDNN first on sm90+ GPUs, if allowed) and math is the fallback that always
-# runs. cuDNN's kernels are out of every phase:
-#   train    cuDNN's backward returns NaN gradients when a mask tensor is passed and the sequence
-#            is 64 past a multiple of 128, on H100/H200 (pytorch#196678, found through trl#7181);
-#            sliding-window training passes one
-#   eval     the forward that trained, so a val loss measures the model, not a kernel change
-#   prefill  cuDNN silently corrupts generation of models with fewer than 8 KV heads, as every
-#            model here has (pytorch#193893): the prompt's keys and values are part of it
-#   decode   the same report; with one query the kernel choice costs next to nothing
-# bench/gpu_check.py runs a forward and backward through each allowed kernel (and cuDNN's, for
-# comparison) against math: what a change to this table must pass first.
-SDPA_BACKENDS = {phase: [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-                 for phase in ("train", "eval", "prefill", "decode")}
-
-
-def sdpa_phase(training: bool, cached: bool, t_q: int) -> str:
-    """Which phase a forward is: training or evaluation without a cache; with one, the prompt
-    (prefill) or one new token per row (decode)."""
-    if not cached:
-        return "train" if training else "eval"
-    return "decode" if t_q == 1 else "prefill"
-
 
 # Every norm in the model divides by sqrt(mean(x^2) + NORM_EPS): one eps, the same in every dtype
 # (rms_norm's default is the dtype's machine epsilon, 1.2e-7 in float32 but 7.8e-3 in bfloat16).

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import sdpa_kernel
 
-from .attention import SDPA_BACKENDS, position_mask, rms_norm, rotate
+from .attention import position_mask, rms_norm, rotate
+from .kernels import SDPA_BACKENDS
 from .generate import (check_generate_args, eval_mode, prefill, sample_next,
                        visible_context)
 from .kv_cache import KVCache, RollingKVCache
@@ -105,7 +106,7 @@ class StaticDecoder:
         rope = m.rotary.cos_sin(self.pos) if m.rotary is not None else None
         # where this token's k and v go: slot pos, or in a ring slot pos % W (it wraps around)
         slot = self.pos % self.max_len if self.ring else self.pos
-        with sdpa_kernel(SDPA_BACKENDS["decode"]):  # model/attention.py says which and why
+        with sdpa_kernel(SDPA_BACKENDS["decode"]):  # model/kernels.py says which and why
             x = self._blocks(x, rope, slot, self._visible())
         self.logits.copy_(m.head(m.ln_f(x))[:, -1])                        # (N, V), static buffer
         self.pos.add_(1)

@@ -12,11 +12,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from torch.nn.attention import sdpa_kernel
-
-from .attention import NORM_EPS, SDPA_BACKENDS, CausalSelfAttention, Rotary, rms_norm, sdpa_phase
+from .attention import NORM_EPS, CausalSelfAttention, Rotary, rms_norm
 from .config import GPTConfig
 from .generate import generate
+from .kernels import phase_kernels
 from .kv_cache import KVCache, RollingKVCache
 
 
@@ -154,10 +153,8 @@ class GPT(nn.Module):
     def num_params(self) -> int:
         """Parameter count without the position table (the token table is counted once, as it
         doubles as the head)."""
-        n = sum(p.numel() for p in self.parameters())  # a tied head's weight is counted once
-        if self.wpe is not None:
-            n -= self.wpe.weight.numel()
-        return n
+        wpe = self.wpe.weight.numel() if self.wpe is not None else 0
+        return sum(p.numel() for p in self.parameters()) - wpe  # a tied head's weight is counted once
 
     def forward(self, idx, targets=None, *, cache: KVCache | RollingKVCache | None = None,
                 last_only: bool = False):
@@ -186,7 +183,7 @@ class GPT(nn.Module):
         # RoPE's angles at these positions, once for every layer: (cos, sin), each (T, hs/2)
         rope = self.rotary.cos_sin(positions) if self.rotary is not None else None
         x = x0 = self.drop(self.ln_e(x))
-        with sdpa_kernel(SDPA_BACKENDS[sdpa_phase(self.training, cache is not None, T)]):
+        with phase_kernels(self.training, cache is not None, T):  # which fused kernels (kernels.py)
             for block in self.blocks:
                 x = block(x, x0, rope, cache)
         if cache is not None:

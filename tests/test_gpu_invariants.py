@@ -5,7 +5,7 @@ never run on one here, so every property they rely on gets a test that runs anyw
   - no host sync per token: a trace of every aten op in the decode loops finds none that reads
     a value back to the host (on a GPU that read would stall the queue every token);
   - the static step compiles as one graph (fullgraph, nothing data-dependent) and matches eager;
-  - every phase (training, evaluation, prefill, decode) runs SDPA with model/attention.py's
+  - every phase (training, evaluation, prefill, decode) runs SDPA with model/kernels.py's
     chosen kernels: no cuDNN;
   - bf16: the static step agrees with the plain cached step, and greedy picks match;
   - verify() catches a replay that raises, writes nothing, writes wrong logits or moves the
