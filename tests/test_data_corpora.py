@@ -231,7 +231,7 @@ def test_bits_per_byte_is_logged_beside_the_val_loss(tmp_path, capsys):
     assert meta["val_bytes"] == len(text[int(len(text) * 0.9):].encode()) > meta["val_tokens"]
     ev = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").open() if '"eval"' in line][-1]
     assert ev["val_bpb"] == pytest.approx(ev["val_loss"] / math.log(2) * meta["val_tokens"] / meta["val_bytes"])
-    assert f"val loss {ev['val_loss']:.4f} ({ev['val_bpb']:.4f} bits/byte" in out
+    assert f"val loss {ev['val_loss']:.4f}, {ev['val_bpb']:.4f} bits/byte" in out
     assert "this run trains on 768 tokens, " in out  # 2 steps x 12 x 32, against the split's
 
 

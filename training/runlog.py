@@ -79,7 +79,7 @@ class RunLog:
                      "val_bpb": bpb, "train_time": train_time})
         notes = [how] * bool(how) + ["best, saved ckpt.pt"] * best
         self.say(f"step {it}: train loss {train_loss:.4f}, val loss {val_loss:.4f}"
-                 + (f" ({bpb:.4f} bits/byte)" if bpb is not None else "")
+                 + (f", {bpb:.4f} bits/byte" if bpb is not None else "")
                  + (f" ({'; '.join(notes)})" if notes else ""))
         train, evals, _ = read_metrics(self.path)
         atomic_write(self.svg, loss_svg(train, evals, title=self.title, standalone=True))
