@@ -30,7 +30,7 @@ from typing import Literal
 
 import torch
 
-from common.device import resolve_device, resolve_dtype
+from common.device import native_bf16, resolve_device, resolve_dtype
 from common.errors import ConfigError, UserError
 from configs import parse_config
 from data import DataError
@@ -38,7 +38,8 @@ from data.prepare import DEFAULT_ROOT, load_meta
 from data.tokenizers import HUB_NAMES
 from model.checkpoint import load_run
 from model.pretrained import load_pretrained
-from model.fast_decode import DecodeCheckError, StaticDecoder
+from model.fast_decode import DecodeCheckError, StaticDecoder, fastest_dtype
+from model.quantize import quantize_int8
 from model.speculative import NGramDraft, SpeculativeDecoder
 from model.generate import check_sampling, decode, visible_context
 from viz.attention_page import write_attention_page
@@ -64,7 +65,8 @@ class SampleConfig:
     seed: int = 1337                 # same seed, same settings: same text
     # -- decoding and system --
     device: str = "auto"             # auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: the device's rule for decoding (common/device.py, default_dtype)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: on a CPU that computes bf16, float32 or bf16, whichever decodes this model faster (measured); else the device's rule (common/device.py)
+    int8: bool = False               # int8 weights, one scale per output channel (model/quantize.py): fewer bytes per token, slightly different numbers
     use_cache: bool = True           # false: recompute the whole context for every token (slow reference)
     fast: Literal["auto", "true", "false"] = "auto"  # static cache + CUDA graph; auto = on CUDA only
     compile: bool = False            # torch.compile the fast decode step (faster steps, slow start)
@@ -213,6 +215,24 @@ def decode_steps(cfg, model, idx, device, generator, err=None):
     return dec.decode(idx, cfg.max_new_tokens, **kw), name, setup_s
 
 
+def decode_weights(cfg: SampleConfig, model, device, dtype):
+    """(model, dtype, what the decode line says of them). --dtype=auto on a CPU that computes
+    bf16 times both and keeps the faster (fastest_dtype); --int8 quantizes the weights after
+    the cast, over bf16 activations there (torch's int8 kernel takes bf16)."""
+    how = str(dtype).removeprefix("torch.")
+    if cfg.dtype == "auto" and device.type == "cpu" and native_bf16("cpu"):
+        if cfg.int8:
+            dtype, how = torch.bfloat16, "bfloat16"
+        else:
+            dtype, times = fastest_dtype(model)
+            how = (f"{str(dtype).removeprefix('torch.')} (measured per step: " + ", ".join(
+                f"{str(d).removeprefix('torch.')} {t * 1e3:.2f} ms" for d, t in times.items()) + ")")
+    model = model.to(dtype)
+    if cfg.int8:
+        model, how = quantize_int8(model), f"int8 weights, {how} activations"
+    return model, dtype, how
+
+
 def cache_name(model) -> str:
     w = model.config.attn_window
     return f"rolling KV cache (a ring of {w} slots per layer)" if model.config.rolling else "KV cache"
@@ -226,9 +246,10 @@ def sample(cfg: SampleConfig, out=None, err=None) -> list[list[int]]:
     dtype = resolve_dtype(cfg.dtype, device, use="decode")
     if cfg.init_from is not None:  # OpenAI's GPT-2 (model/pretrained.py), with its own tokenizer
         model, tokenizer = load_pretrained(cfg.init_from)
-        model = model.to(device=device, dtype=dtype).eval()
+        model = model.to(device=device).eval()
     else:
-        model, tokenizer = load_run(cfg.out_dir, device=device, ckpt=cfg.ckpt, dtype=dtype)
+        model, tokenizer = load_run(cfg.out_dir, device=device, ckpt=cfg.ckpt)
+    model, dtype, how = decode_weights(cfg, model, device, dtype)
     prompt_text, prompt_ids = read_prompt(cfg, tokenizer)
     bs = model.config.block_size
     idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)           # (1, T)
@@ -271,7 +292,7 @@ def sample(cfg: SampleConfig, out=None, err=None) -> list[list[int]]:
     print(f"generated: {cfg.num_samples} x {cfg.max_new_tokens} = {n} tokens in {elapsed:.2f} s, "
           f"{n / max(elapsed, 1e-9):,.0f} tokens/s", file=err)
     setup = f", setup {setup_s:.2f} s" if setup_s else ""
-    print(f"decode: {path} on {device}, {str(dtype).removeprefix('torch.')}{setup}", file=err)
+    print(f"decode: {path} on {device}, {how}{setup}", file=err)
     if spec is not None:
         print(f"speculation: {spec.accepted} of {spec.proposed} guesses accepted ({spec.acceptance:.0%}), "
               f"{spec.forwards} forwards for {n} tokens", file=err)

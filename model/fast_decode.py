@@ -21,6 +21,10 @@ it token for token against the plain cached path. verify() checks the graph or c
 against the eager one before use; sample.py falls back to the plain KV cache if it fails.
 """
 
+import copy
+import functools
+import time
+
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import sdpa_kernel
@@ -29,6 +33,7 @@ from .attention import position_mask, rms_norm, rotate
 from .generate import (DECODE_BACKENDS, check_generate_args, eval_mode, prefill, sample_next,
                        visible_context)
 from .kv_cache import KVCache, RollingKVCache
+from .quantize import Int8Linear, fuse_int8
 
 # verify(): how far the replayed / compiled step's logits may be from the eager step's, as a
 # fraction of the largest |logit| (or of 1, if all are smaller). A correct graph replays the
@@ -82,12 +87,14 @@ class StaticDecoder:
 
     @staticmethod
     def _fuse(attn):
-        """One (q|k|v) weight (and bias) per layer: (nh*hs + 2*nkv*hs, C)."""
-        w = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).detach()
-        b = None
-        if attn.q_proj.bias is not None:
-            b = torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]).detach()
-        return w, b
+        """One (q|k|v) linear map per layer, (nh*hs + 2*nkv*hs, C): a weight (and bias) for
+        F.linear, or one Int8Linear of the three (model/quantize.py)."""
+        layers = [attn.q_proj, attn.k_proj, attn.v_proj]
+        if isinstance(attn.q_proj, Int8Linear):
+            return fuse_int8(layers)
+        w = torch.cat([m.weight for m in layers]).detach()
+        b = None if attn.q_proj.bias is None else torch.cat([m.bias for m in layers]).detach()
+        return functools.partial(F.linear, weight=w, bias=b)
 
     @torch.no_grad()
     def _step(self):
@@ -133,7 +140,7 @@ class StaticDecoder:
         for i, block in enumerate(m.blocks):
             x = block.shortcut(x, x0)
             h = block.ln_1(x)
-            q, k, v = F.linear(h, *self.qkv[i]).split([nh * hs, nkv * hs, nkv * hs], dim=-1)
+            q, k, v = self.qkv[i](h).split([nh * hs, nkv * hs, nkv * hs], dim=-1)
             q = q.view(N, 1, nh, hs).transpose(1, 2)                       # (N, nh, 1, hs)
             k = k.view(N, 1, nkv, hs).transpose(1, 2)                      # (N, nkv, 1, hs)
             v = v.view(N, 1, nkv, hs).transpose(1, 2)
@@ -318,3 +325,22 @@ def decode_static(model, idx, max_new_tokens, *, num_samples=1, cuda_graph=None,
     """Build a StaticDecoder for idx's rows x num_samples and decode with it (one-off use)."""
     dec = StaticDecoder(model, idx.size(0) * num_samples, cuda_graph=cuda_graph, compile=compile)
     yield from dec.decode(idx, max_new_tokens, num_samples=num_samples, **kwargs)
+
+
+@torch.no_grad()
+def fastest_dtype(model, dtypes=(torch.float32, torch.bfloat16), steps: int = 8):
+    """Of dtypes, the one this model decodes fastest in on this machine: each times `steps`
+    one-token steps over the plain KV cache (after one warm-up step) on a copy of the model cast
+    to it. Returns (dtype, {dtype: seconds per step})."""
+    times = {}
+    idx = torch.zeros(1, 1, dtype=torch.long, device=model.wte.weight.device)
+    for dtype in dtypes:
+        m = model if model.wte.weight.dtype == dtype else copy.deepcopy(model).to(dtype)
+        cache = m.new_cache(1)
+        with eval_mode(m), sdpa_kernel(DECODE_BACKENDS):
+            m(idx, cache=cache)
+            t0 = time.perf_counter()
+            for _ in range(min(steps, cache.max_len or steps) - 1):
+                m(idx, cache=cache, last_only=True)
+            times[dtype] = (time.perf_counter() - t0) / max(steps - 1, 1)
+    return min(times, key=times.get), times
