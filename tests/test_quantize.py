@@ -76,3 +76,16 @@ def test_fastest_dtype_times_each_and_picks_the_fastest():
     best, times = fastest_dtype(model, steps=3)
     assert set(times) == {torch.float32, torch.bfloat16} and best == min(times, key=times.get)
     assert model.wte.weight.dtype == torch.float32       # the model itself is left as it was
+
+
+@pytest.mark.cuda
+def test_int8_static_step_on_cuda_passes_its_check_and_matches_the_cache():
+    """On a GPU: the int8 step replayed as a CUDA graph is checked against the eager step, then
+    gives the KV cache's greedy tokens (bf16 activations, the widened matmul)."""
+    model = quantize_int8(make("cuda", **CONFIGS["gqa-rope"]).to(torch.bfloat16))
+    idx = torch.tensor([[1, 2, 3]], device="cuda")
+    dec = StaticDecoder(model, 1)
+    dec.verify()
+    assert dec.graph is not None
+    got = [int(t) for _, t in dec.decode(idx, 30, temperature=0)]
+    assert got == torch.cat([t for _, t in decode(model, idx, 30, temperature=0)]).tolist()
