@@ -9,10 +9,12 @@ Int8Linear keeps W (out, in) as int8 with one scale per output channel (row):
 so y = x W^T = (x W_int8^T) * scale: the matmul reads int8 weights and the scale is applied to
 its output. Per-row scales follow each channel's own range (a few large rows do not cost the
 others their precision). Only the weights change; activations, norms, attention and the KV
-cache stay in the model's dtype (bfloat16 on a CPU that computes it, where torch's int8 kernel
-wants bf16 activations). On a CPU the matmul is torch._weight_int8pack_mm (int8 x bf16, the
-scales fused); elsewhere the weights are widened to the activations' dtype inside the matmul's
-expression, which torch.compile fuses into one kernel (how gpt-fast runs int8 on a GPU).
+cache stay in the model's dtype. On a CPU the matmul is torch._weight_int8pack_mm (int8 weights,
+bf16 activations, the scales fused): float32 activations are rounded to bf16 for it and its
+output widened back, so the rest of a float32 model (attention above all, whose bf16 kernel is
+slow for one query on a CPU) stays float32. Elsewhere the weights are widened to the
+activations' dtype inside the matmul's expression, which torch.compile fuses into one kernel
+(how gpt-fast runs int8 on a GPU).
 
 Every linear layer of the blocks and the head are quantized; the embedding tables stay as they
 are (one row is read per token). A tied head gets its own int8 copy of the token table.
@@ -38,6 +40,7 @@ class Int8Linear(nn.Module):
         super().__init__()
         self.register_buffer("weight", weight_int8)                        # (out, in) int8
         self.register_buffer("scales", scales)                             # (out,) activation dtype
+        self.register_buffer("scales_bf16", scales.to(torch.bfloat16))     # the CPU kernel's
         self.register_buffer("bias", bias)                                 # (out,) or None
         self.in_features, self.out_features = weight_int8.size(1), weight_int8.size(0)
 
@@ -49,9 +52,10 @@ class Int8Linear(nn.Module):
         return cls(q, scale.to(dtype), None if bias is None else bias.detach().to(dtype))
 
     def forward(self, x):                                                  # (..., in)
-        if x.device.type == "cpu" and x.dtype == torch.bfloat16:
-            y = torch._weight_int8pack_mm(x.reshape(-1, x.size(-1)), self.weight, self.scales)
-            y = y.view(*x.shape[:-1], self.out_features)
+        if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float32):
+            x2 = x.reshape(-1, x.size(-1)).to(torch.bfloat16)              # (M, in)
+            y = torch._weight_int8pack_mm(x2, self.weight, self.scales_bf16)
+            y = y.view(*x.shape[:-1], self.out_features).to(x.dtype)
         else:
             y = F.linear(x, self.weight.to(x.dtype)) * self.scales
         return y + self.bias if self.bias is not None else y
@@ -59,7 +63,7 @@ class Int8Linear(nn.Module):
 
 def quantize_int8(model):
     """Replace every nn.Linear of model (the blocks' and the head) by an Int8Linear, in place;
-    returns model. Cast the model to its decoding dtype first: the scales take it."""
+    returns model. Cast the model to its decoding dtype first: the scales and bias take it."""
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, nn.Linear):

@@ -28,8 +28,8 @@ def test_rows_are_rounded_to_their_own_scale():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("bias", [False, True])
 def test_int8_linear_is_the_matmul_of_its_dequantized_weights(dtype, bias):
-    """bf16 on a CPU: torch's int8 kernel; float32: the widened matmul. Both equal x W'^T + b
-    with W' = W_int8 * scale, up to the activations' dtype's rounding."""
+    """On a CPU both go through torch's int8 kernel (float32 activations rounded to bf16 for it
+    and widened back): x W'^T + b with W' = W_int8 * scale, up to bf16's rounding."""
     torch.manual_seed(0)
     lin = torch.nn.Linear(64, 48, bias=bias)
     layer = Int8Linear.from_linear(lin.weight, lin.bias, dtype=dtype)
@@ -38,8 +38,7 @@ def test_int8_linear_is_the_matmul_of_its_dequantized_weights(dtype, bias):
                     None if not bias else layer.bias.float())
     got = layer(x.to(dtype))
     assert got.shape == (2, 3, 48) and got.dtype == dtype
-    tol = 1e-5 if dtype == torch.float32 else 3e-2
-    torch.testing.assert_close(got.float(), want, atol=tol * want.abs().max().item(), rtol=0)
+    torch.testing.assert_close(got.float(), want, atol=3e-2 * want.abs().max().item(), rtol=0)
     # and close to the float layer it came from (per-row int8: ~1% of the output's scale)
     assert (got.float() - lin(x)).abs().max() <= 0.02 * lin(x).abs().max()
 
