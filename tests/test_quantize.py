@@ -72,9 +72,11 @@ def test_an_int8_model_decodes_the_same_on_every_path(name):
 
 def test_fastest_dtype_times_each_and_picks_the_fastest():
     model = make()
-    best, times = fastest_dtype(model, steps=3)
+    best, times = fastest_dtype(model, steps=3, margin=1.0)
     assert set(times) == {torch.float32, torch.bfloat16} and best == min(times, key=times.get)
     assert model.wte.weight.dtype == torch.float32       # the model itself is left as it was
+    # a margin no dtype can beat: the first one, always
+    assert fastest_dtype(model, (torch.bfloat16, torch.float32), steps=3, margin=1e9)[0] == torch.bfloat16
 
 
 @pytest.mark.cuda
