@@ -330,8 +330,8 @@ def decode_static(model, idx, max_new_tokens, *, num_samples=1, cuda_graph=None,
 @torch.no_grad()
 def fastest_dtype(model, dtypes=(torch.float32, torch.bfloat16), steps: int = 8, margin: float = 1.25):
     """Of dtypes, the one this model decodes fastest in on this machine: each times `steps`
-    one-token steps over the plain KV cache, twice in turn (the faster of the two counts), on a
-    copy of the model cast to it. A later dtype must beat the first by `margin` (x faster) to be
+    one-token steps over the plain KV cache in this process's CPU seconds (another process's load
+    does not count), twice in turn (the faster counts), on a copy of the model cast to it. A later dtype must beat the first by `margin` (x faster) to be
     picked, so a model whose dtypes run about as fast always gets the first, whatever the noise
     of one measurement. Returns (dtype, {dtype: seconds per step})."""
     times = {}
@@ -343,10 +343,10 @@ def fastest_dtype(model, dtypes=(torch.float32, torch.bfloat16), steps: int = 8,
             cache = m.new_cache(1)
             with eval_mode(m), sdpa_kernel(DECODE_BACKENDS):
                 m(idx, cache=cache)
-                t0 = time.perf_counter()
+                t0 = time.process_time()  # CPU time: other processes' load does not count
                 for _ in range(n):
                     m(idx, cache=cache, last_only=True)
-                t = (time.perf_counter() - t0) / max(n, 1)
+                t = (time.process_time() - t0) / max(n, 1)
             times[dtype] = min(times.get(dtype, t), t)
     first = dtypes[0]
     best = min(times, key=times.get)
