@@ -12,6 +12,9 @@ visible_context in model/generate.py):
   --fast=false        the KV cache: only the new token runs through the model each step
   --fast=auto         on CUDA, a static cache and a decode step replayed as a CUDA graph
                       (model/fast_decode.py); elsewhere the same as --fast=false
+  --speculate=K       guesses K tokens ahead (the text's own repeats, then an n-gram table of the
+                      training text) and checks them in one forward (model/speculative.py): the
+                      same tokens as without it, greedy or sampled, in fewer forwards
 The fast path checks itself before the first token (StaticDecoder.verify); if it fails, one
 `warning:` line says so and the plain KV cache decodes instead: the same text, only slower.
 The samples go to stdout, one after another, each followed by a line of dashes; the figures
@@ -27,14 +30,17 @@ from typing import Literal
 
 import torch
 
-from common.device import resolve_device, resolve_dtype
+from common.device import native_bf16, resolve_device, resolve_dtype
 from common.errors import ConfigError, UserError
 from configs import parse_config
 from data import DataError
+from data.prepare import DEFAULT_ROOT, load_meta
 from data.tokenizers import HUB_NAMES
 from model.checkpoint import load_run
 from model.pretrained import load_pretrained
-from model.fast_decode import DecodeCheckError, StaticDecoder
+from model.fast_decode import DecodeCheckError, StaticDecoder, fastest_dtype
+from model.quantize import quantize_int8
+from model.speculative import NGramDraft, SpeculativeDecoder
 from model.generate import check_sampling, decode, visible_context
 from viz.attention_page import write_attention_page
 
@@ -59,10 +65,13 @@ class SampleConfig:
     seed: int = 1337                 # same seed, same settings: same text
     # -- decoding and system --
     device: str = "auto"             # auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: the device's rule for decoding (common/device.py, default_dtype)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: on a CPU that computes bf16, float32 or bf16, whichever decodes this model faster (measured); else the device's rule (common/device.py)
+    int8: bool = False               # int8 weights, one scale per output channel (model/quantize.py): fewer bytes per token, slightly different numbers
     use_cache: bool = True           # false: recompute the whole context for every token (slow reference)
     fast: Literal["auto", "true", "false"] = "auto"  # static cache + CUDA graph; auto = on CUDA only
     compile: bool = False            # torch.compile the fast decode step (faster steps, slow start)
+    speculate: int = 0               # guess this many tokens ahead and check them in one forward (0 = off); same text
+    draft_data: str | None = None    # --speculate's n-gram table: a prepared train.bin (default: the run's, by its tokenizer)
     # -- output --
     attention_html: str | None = None  # also write the attention page of the first sample to this file
 
@@ -81,6 +90,13 @@ def check_settings(cfg: SampleConfig):
     if cfg.compile and (not cfg.use_cache or cfg.fast == "false"):
         raise ConfigError("--compile compiles the fast cached decode step; it does nothing with "
                           "--use_cache=false or --fast=false: drop one of them")
+    if cfg.speculate < 0:
+        raise ConfigError(f"--speculate={cfg.speculate}: must be an integer >= 0 (0 = off)")
+    if cfg.speculate and cfg.num_samples > 1:
+        raise ConfigError("--speculate decodes one sample at a time; drop --num_samples or --speculate")
+    if cfg.speculate and (not cfg.use_cache or cfg.fast == "true" or cfg.compile):
+        raise ConfigError("--speculate checks its guesses over the KV cache; drop --use_cache=false, "
+                          "--fast=true and --compile, or --speculate")
     if cfg.attention_html is not None and Path(cfg.attention_html).is_dir():
         raise ConfigError(f"--attention_html={cfg.attention_html} is a folder; give a file path, "
                           f"e.g. {Path(cfg.attention_html) / 'attention.html'}")
@@ -132,6 +148,41 @@ class Stream:
         self.pending = []
 
 
+def training_tokens(cfg: SampleConfig, tokenizer) -> Path | None:
+    """The train.bin --speculate's n-gram table reads: --draft_data, else a prepared dataset
+    written with this model's tokenizer (the same ids), else None."""
+    if cfg.draft_data is not None:
+        path = Path(cfg.draft_data)
+        path = path / "train.bin" if path.is_dir() else path
+        if not path.is_file() or not (path.parent / "meta.json").is_file():
+            raise ConfigError(f"--draft_data={cfg.draft_data} is not a prepared dataset's train.bin "
+                              f"(python -m data prepare writes one)")
+        return path
+    for meta in sorted(DEFAULT_ROOT.glob("*/meta.json")):
+        try:
+            if load_meta(meta)["tokenizer"] == tokenizer.to_dict() and (meta.parent / "train.bin").is_file():
+                return meta.parent / "train.bin"
+        except (DataError, KeyError):
+            continue
+    return None
+
+
+def speculative_steps(cfg, model, tokenizer, idx, generator, err):
+    """(the SpeculativeDecoder, its steps, its name). Without training data for the table, the
+    guesses come from the text's own repeats alone (one `warning:` line says so)."""
+    path = training_tokens(cfg, tokenizer)
+    if path is None:
+        print("warning: --speculate found no prepared training data with this model's tokenizer "
+              "(give --draft_data=PATH/train.bin); guessing from the text's own repeats only",
+              file=err)
+    draft = NGramDraft.from_file(path) if path is not None else None
+    spec = SpeculativeDecoder(model, draft, cfg.speculate)
+    steps = spec.decode(idx, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
+                        top_p=cfg.top_p, generator=generator)
+    table = f" + the {draft.order}-gram table of {path}" if draft is not None else ""
+    return spec, steps, f"speculative, {cfg.speculate} guesses a forward (text lookup{table}), {cache_name(model)}"
+
+
 def decode_steps(cfg, model, idx, device, generator, err=None):
     """(generator of (logits, token) steps, path name, setup seconds). If the fast path cannot
     be built or fails its self-check, one `warning:` line goes to err and the plain KV cache
@@ -164,6 +215,24 @@ def decode_steps(cfg, model, idx, device, generator, err=None):
     return dec.decode(idx, cfg.max_new_tokens, **kw), name, setup_s
 
 
+def decode_weights(cfg: SampleConfig, model, device, dtype):
+    """(model, dtype, what the decode line says of them). --dtype=auto on a CPU that computes
+    bf16 times both and keeps the faster (fastest_dtype); --int8 quantizes the weights after
+    the cast, over bf16 activations there (torch's int8 kernel takes bf16)."""
+    how = str(dtype).removeprefix("torch.")
+    if cfg.dtype == "auto" and device.type == "cpu" and native_bf16("cpu"):
+        if cfg.int8:
+            dtype, how = torch.bfloat16, "bfloat16"
+        else:
+            dtype, times = fastest_dtype(model)
+            how = (f"{str(dtype).removeprefix('torch.')} (measured per step: " + ", ".join(
+                f"{str(d).removeprefix('torch.')} {t * 1e3:.2f} ms" for d, t in times.items()) + ")")
+    model = model.to(dtype)
+    if cfg.int8:
+        model, how = quantize_int8(model), f"int8 weights, {how} activations"
+    return model, dtype, how
+
+
 def cache_name(model) -> str:
     w = model.config.attn_window
     return f"rolling KV cache (a ring of {w} slots per layer)" if model.config.rolling else "KV cache"
@@ -177,15 +246,22 @@ def sample(cfg: SampleConfig, out=None, err=None) -> list[list[int]]:
     dtype = resolve_dtype(cfg.dtype, device, use="decode")
     if cfg.init_from is not None:  # OpenAI's GPT-2 (model/pretrained.py), with its own tokenizer
         model, tokenizer = load_pretrained(cfg.init_from)
-        model = model.to(device=device, dtype=dtype).eval()
+        model = model.to(device=device).eval()
     else:
-        model, tokenizer = load_run(cfg.out_dir, device=device, ckpt=cfg.ckpt, dtype=dtype)
+        model, tokenizer = load_run(cfg.out_dir, device=device, ckpt=cfg.ckpt)
+    model, dtype, how = decode_weights(cfg, model, device, dtype)
     prompt_text, prompt_ids = read_prompt(cfg, tokenizer)
     bs = model.config.block_size
     idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)           # (1, T)
     torch.manual_seed(cfg.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    steps, path, setup_s = decode_steps(cfg, model, idx, device, generator, err)
+    spec = None
+    if cfg.speculate:
+        t0 = time.perf_counter()
+        spec, steps, path = speculative_steps(cfg, model, tokenizer, idx, generator, err)
+        setup_s = time.perf_counter() - t0
+    else:
+        steps, path, setup_s = decode_steps(cfg, model, idx, device, generator, err)
 
     # stream sample 0 as it is generated; the others are written when the batch is done. On a
     # GPU, reading a token back waits for the GPU, so tokens come back in small groups there.
@@ -216,7 +292,10 @@ def sample(cfg: SampleConfig, out=None, err=None) -> list[list[int]]:
     print(f"generated: {cfg.num_samples} x {cfg.max_new_tokens} = {n} tokens in {elapsed:.2f} s, "
           f"{n / max(elapsed, 1e-9):,.0f} tokens/s", file=err)
     setup = f", setup {setup_s:.2f} s" if setup_s else ""
-    print(f"decode: {path} on {device}, {str(dtype).removeprefix('torch.')}{setup}", file=err)
+    print(f"decode: {path} on {device}, {how}{setup}", file=err)
+    if spec is not None:
+        print(f"speculation: {spec.accepted} of {spec.proposed} guesses accepted ({spec.acceptance:.0%}), "
+              f"{spec.forwards} forwards for {n} tokens", file=err)
 
     if cfg.attention_html is not None:
         metrics = Path(cfg.out_dir) / "metrics.jsonl"  # the run's loss curve, if it is a run

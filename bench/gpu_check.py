@@ -441,13 +441,49 @@ def check_torchrun(c, args):
 
 
 # -----------------------------------------------------------------------------
+# sampling: int8 weights and speculation on the device
+
+def check_int8_static(c, args):
+    from model.quantize import quantize_int8
+    shape = SHAPES[args.kind]
+    dtype = torch.bfloat16 if native_bf16(args.device.type, capability(args.device)) else torch.float32
+    model = quantize_int8(peaked_model(args.device, dtype, **shape))
+    idx = torch.randint(0, 65, (2, 3), generator=torch.Generator().manual_seed(0)).to(args.device)
+    n = shape["block_size"] + shape["block_size"] // 2  # past block_size: one re-prefill
+    dec = StaticDecoder(model, idx.size(0))
+    dec.verify()  # raises DecodeCheckError: a FAIL with its reason
+    _, fast = tokens_and_logits(dec.decode(idx, n, temperature=0))
+    _, cached = tokens_and_logits(decode(model, idx, n, temperature=0))
+    c.figures.update(dtype=str(dtype).removeprefix("torch."), tokens=n * idx.size(0),
+                     static="CUDA graph" if dec.graph is not None else "eager")
+    c.need(torch.equal(fast, cached), "the int8 static path's tokens differ from the int8 KV cache's")
+
+
+def check_speculative(c, args):
+    from model.speculative import SpeculativeDecoder
+    shape = SHAPES[args.kind]
+    with _fp32_matmuls():
+        model = peaked_model(args.device, **shape)
+        idx = torch.randint(0, 65, (1, 3), generator=torch.Generator().manual_seed(0)).to(args.device)
+        n = 2 * shape["block_size"]
+        _, cached = tokens_and_logits(decode(model, idx, n, temperature=0))
+        spec = SpeculativeDecoder(model, None, 8, lookup_n=2)
+        _, got = tokens_and_logits(spec.decode(idx, n, temperature=0))
+    c.figures.update(tokens=n, forwards=spec.forwards, accepted=f"{spec.accepted}/{spec.proposed}")
+    c.need(torch.equal(got, cached), "speculative greedy tokens differ from the KV cache's")
+
+
+def sampling_checks():
+    return [("int8 static", check_int8_static, ()), ("speculative greedy", check_speculative, ())]
+
 
 def checks_for(args) -> list:
     if args.kind == "cpu":
         return [("attention kernels", check_attention, ()), ("train", check_train, ("float32", 40, "false")),
                 ("resume", check_resume, ()), ("decode paths fp32", check_decode_paths, ()),
                 ("decode static vs cache bf16", check_decode_bf16, ()), ("self-check", check_self_check, ()),
-                ("decode speed (sampling)", check_decode_speed, ()), ("torchrun 2 processes", check_torchrun, ())]
+                ("decode speed (sampling)", check_decode_speed, ()), ("torchrun 2 processes", check_torchrun, ())
+                ] + sampling_checks()
     dt = args.dtype_name
     return [("cuda tests", check_cuda_tests, ()),
             ("attention kernels", check_attention, ()),
@@ -461,7 +497,7 @@ def checks_for(args) -> list:
             ("decode static vs cache bf16", check_decode_bf16, ()),
             ("self-check", check_self_check, ()),
             ("decode speed (sampling)", check_decode_speed, ()),
-            ("torchrun 2 processes", check_torchrun, ())]
+            ("torchrun 2 processes", check_torchrun, ())] + sampling_checks()
 
 
 def main(argv=None) -> int:

@@ -21,6 +21,10 @@ it token for token against the plain cached path. verify() checks the graph or c
 against the eager one before use; sample.py falls back to the plain KV cache if it fails.
 """
 
+import copy
+import functools
+import time
+
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import sdpa_kernel
@@ -30,6 +34,7 @@ from .kernels import SDPA_BACKENDS
 from .generate import (check_generate_args, eval_mode, prefill, sample_next,
                        visible_context)
 from .kv_cache import KVCache, RollingKVCache
+from .quantize import Int8Linear, fuse_int8
 
 # verify(): how far the replayed step's logits may be from the eager step's, as a fraction of the
 # largest |logit| (or of 1, if all are smaller). A graph of the plain step replays the eager
@@ -85,12 +90,14 @@ class StaticDecoder:
 
     @staticmethod
     def _fuse(attn):
-        """One (q|k|v) weight (and bias) per layer: (nh*hs + 2*nkv*hs, C)."""
-        w = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).detach()
-        b = None
-        if attn.q_proj.bias is not None:
-            b = torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]).detach()
-        return w, b
+        """One (q|k|v) linear map per layer, (nh*hs + 2*nkv*hs, C): a weight (and bias) for
+        F.linear, or one Int8Linear of the three (model/quantize.py)."""
+        layers = [attn.q_proj, attn.k_proj, attn.v_proj]
+        if isinstance(attn.q_proj, Int8Linear):
+            return fuse_int8(layers)
+        w = torch.cat([m.weight for m in layers]).detach()
+        b = None if attn.q_proj.bias is None else torch.cat([m.bias for m in layers]).detach()
+        return functools.partial(F.linear, weight=w, bias=b)
 
     @torch.no_grad()
     def _step(self):
@@ -136,7 +143,7 @@ class StaticDecoder:
         for i, block in enumerate(m.blocks):
             x = block.shortcut(x, x0)
             h = block.ln_1(x)
-            q, k, v = F.linear(h, *self.qkv[i]).split([nh * hs, nkv * hs, nkv * hs], dim=-1)
+            q, k, v = self.qkv[i](h).split([nh * hs, nkv * hs, nkv * hs], dim=-1)
             q = q.view(N, 1, nh, hs).transpose(1, 2)                       # (N, nh, 1, hs)
             k = k.view(N, 1, nkv, hs).transpose(1, 2)                      # (N, nkv, 1, hs)
             v = v.view(N, 1, nkv, hs).transpose(1, 2)
@@ -328,3 +335,29 @@ def decode_static(model, idx, max_new_tokens, *, num_samples=1, cuda_graph=None,
     """Build a StaticDecoder for idx's rows x num_samples and decode with it (one-off use)."""
     dec = StaticDecoder(model, idx.size(0) * num_samples, cuda_graph=cuda_graph, compile=compile)
     yield from dec.decode(idx, max_new_tokens, num_samples=num_samples, **kwargs)
+
+
+@torch.no_grad()
+def fastest_dtype(model, dtypes=(torch.float32, torch.bfloat16), steps: int = 8, margin: float = 1.25):
+    """Of dtypes, the one this model decodes fastest in on this machine: each times `steps`
+    one-token steps over the plain KV cache in this process's CPU seconds (another process's load
+    does not count), twice in turn (the faster counts), on a copy of the model cast to it. A later dtype must beat the first by `margin` (x faster) to be
+    picked, so a model whose dtypes run about as fast always gets the first, whatever the noise
+    of one measurement. Returns (dtype, {dtype: seconds per step})."""
+    times = {}
+    idx = torch.zeros(1, 1, dtype=torch.long, device=model.wte.weight.device)
+    models = {d: model if model.wte.weight.dtype == d else copy.deepcopy(model).to(d) for d in dtypes}
+    n = min(steps, model.config.block_size - 1)
+    for _ in range(2):
+        for dtype, m in models.items():
+            cache = m.new_cache(1)
+            with eval_mode(m):
+                m(idx, cache=cache)
+                t0 = time.process_time()  # CPU time: other processes' load does not count
+                for _ in range(n):
+                    m(idx, cache=cache, last_only=True)
+                t = (time.process_time() - t0) / max(n, 1)
+            times[dtype] = min(times.get(dtype, t), t)
+    first = dtypes[0]
+    best = min(times, key=times.get)
+    return (best if times[best] * margin <= times[first] else first), times

@@ -4,15 +4,12 @@ Two ways to get the next token's logits, which must give the same numbers:
   - uncached (nanoGPT's way): run the whole context through the model every step;
   - cached: run the prompt once (prefill), then only the one new token per step,
     reading every earlier key and value from the KV cache.
-
-Past block_size, every path (these two, and fast_decode.py's static one) follows one policy:
-visible_context() below says it.
+Past block_size, every path follows one policy: visible_context() below says it.
 
 A sliding-window model with rotary positions (config.rolling) is never cut: the cached path
 puts the whole prompt into a RollingKVCache (model/kv_cache.py), then runs one token per step
 for ever, with the same memory and work for every token; the uncached reference runs the whole
-sequence every step, positions 0, 1, 2, ... with the band mask, slower each step but with no
-ring to be wrong about.
+sequence every step with the band mask, slower each step but with no ring to be wrong about.
 """
 
 import contextlib
@@ -30,6 +27,11 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
     is queued at once, without waiting for this one (tests/test_gpu_invariants.py checks this)."""
     if temperature == 0:
         return logits.argmax(dim=-1)
+    return draw(next_probs(logits, temperature, top_k, top_p), generator)
+
+
+def next_probs(logits, temperature=1.0, top_k=None, top_p=None):
+    """logits (N, V) -> the distribution sample_next draws from, (N, V); filtered tokens get 0."""
     logits = logits.float() / temperature
     if top_k is not None and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]          # (N, 1) k-th largest
@@ -41,13 +43,14 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
         before = probs.cumsum(dim=-1) - probs             # probability mass ranked above each token
         sorted_logits = sorted_logits.masked_fill(before >= top_p, float("-inf"))  # keeps the top one
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = F.softmax(logits, dim=-1)                                   # (N, V), filtered ones 0
-    # The exponential race: draw q_i ~ Exp(1) per token; q_i / p_i ~ Exp(rate p_i), and the first
-    # of independent exponentials to "finish" is token i with probability p_i / sum(p) = p_i, so
-    # argmin(q / p) = argmax(p / q) is a draw from probs, as torch.multinomial's is (which first
-    # checks probs with .item(): on a GPU, a wait for every token).
-    # A q of exactly 0 (possible on CPU, ~2^-53) would make 0 / 0 = nan for a filtered token and
-    # argmax picks nan, so q is kept above 0.
+    return F.softmax(logits, dim=-1)
+
+
+def draw(probs, generator=None):
+    """One token per row of probs (N, V), weights >= 0 of any sum -> (N,), by the exponential
+    race: q_i ~ Exp(1), so q_i / p_i ~ Exp(rate p_i), and argmin(q / p) is token i with probability
+    p_i / sum(p), as torch.multinomial's draw (which checks probs with .item(): on a GPU, a wait
+    per token). q is kept above 0: 0 / 0 = nan (a filtered token) would win the argmax."""
     q = torch.empty_like(probs).exponential_(generator=generator).clamp_min_(torch.finfo(probs.dtype).tiny)
     return (probs / q).argmax(dim=-1)
 
@@ -96,8 +99,7 @@ def visible_context(T: int, config, keep: int | None = None) -> int:
 
 def check_generate_args(idx, max_new_tokens, temperature, top_k, top_p, num_samples, keep,
                         block_size, generator=None, seed=None):
-    """Nonsense values get one clear message before any work is done. Returns the generator: a
-    seed becomes one on idx's device."""
+    """One clear message before any work is done. Returns the generator (a seed's, on idx's device)."""
     check_sampling(max_new_tokens, temperature, top_k, top_p, num_samples)
     if idx.dim() != 2 or idx.size(1) == 0:
         raise ValueError(f"idx must be (B, T) with T >= 1, got shape {tuple(idx.shape)}")
@@ -111,8 +113,7 @@ def check_generate_args(idx, max_new_tokens, temperature, top_k, top_p, num_samp
 
 def prefill(model, tokens, cache):
     """Run tokens (B, T) through the model into the cache; the last position's logits, (B, V).
-    Only a rolling model takes more than block_size tokens: they go in block_size at a time,
-    so a long prompt needs no more memory than a short one (the ring keeps the last window)."""
+    A rolling model's long prompt goes in block_size at a time (its ring keeps the last window)."""
     for chunk in tokens.split(model.config.block_size, dim=1):
         logits = model(chunk, cache=cache, last_only=True)[0][:, -1]
     return logits
@@ -199,8 +200,7 @@ def generate(model, idx, max_new_tokens, num_samples=1, **kwargs):
 
 @contextlib.contextmanager
 def eval_mode(model):
-    """Dropout off inside the block (generation and evaluation must not be random), then back to
-    whichever mode the model was in."""
+    """Dropout off inside the block (generation and evaluation are not random), then as it was."""
     was_training = model.training
     model.eval()
     try:

@@ -21,11 +21,11 @@ def test_gpu_check_cpu_subset_passes(tmp_path):
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert p.returncode == 0, p.stdout + p.stderr[-3000:]
     rows = [line for line in p.stdout.splitlines() if line[:4] in ("PASS", "FAIL")]
-    assert len(rows) == 8 and all(r.startswith("PASS") for r in rows), p.stdout
+    assert len(rows) == 10 and all(r.startswith("PASS") for r in rows), p.stdout
     checks = json.loads(out.read_text())["checks"]
     assert [c["check"] for c in checks] == ["attention kernels", "train", "resume", "decode paths fp32",
                                             "decode static vs cache bf16", "self-check", "decode speed (sampling)",
-                                            "torchrun 2 processes"]
+                                            "torchrun 2 processes", "int8 static", "speculative greedy"]
     assert all(c["pass"] for c in checks)
     assert checks[0]["math_causal"] == "0.0e+00" and checks[0]["flash_window"] != "n/a"  # CPU: flash and math
     assert checks[2]["max_loss_diff"] == 0.0                 # resume is bit-exact on the CPU

@@ -3,6 +3,7 @@
 Most tests call sample.main(argv) in-process (fast); two run the real command line."""
 
 import os
+import re
 import subprocess
 import sys
 from dataclasses import asdict
@@ -437,3 +438,39 @@ def test_cuda_graph_path_prints_the_same_text(run_dir, capsys):
         if flag == "--fast=auto":
             assert "static cache + CUDA graph" in err and warnings(err) == []  # verify() passed
     assert outs[0] == outs[1] == outs[2]
+
+
+# --- speculative decoding ---------------------------------------------------------------------
+
+def test_speculate_prints_the_same_greedy_text_and_its_acceptance(run, tmp_path):
+    # 40 tokens past block_size 16: the same text as the plain cache, guessed from the text's own
+    # repeats alone (no prepared data has this tokenizer: one warning), then also from the
+    # n-gram table of a train.bin given with --draft_data
+    args = ["--prompt=The ", "--temperature=0", "--max_new_tokens=40"]
+    _, plain, _ = run(*args, "--fast=false")
+    rc, out, err = run(*args, "--speculate=4")
+    assert rc == 0 and out == plain, err
+    assert warnings(err) == ["warning: --speculate found no prepared training data with this model's "
+                             "tokenizer (give --draft_data=PATH/train.bin); guessing from the text's "
+                             "own repeats only"]
+    assert "decode: speculative, 4 guesses a forward (text lookup), KV cache on cpu" in err
+    assert re.search(r"speculation: \d+ of \d+ guesses accepted \(\d+%\), \d+ forwards for 40 tokens", err), err
+    from data.prepare import prepare
+    (tmp_path / "text.txt").write_text(TEXT)
+    data = prepare(str(tmp_path / "text.txt"), "char", root=tmp_path / "prepared", quiet=True)
+    rc, out, err = run(*args, "--speculate=4", f"--draft_data={data}")
+    assert rc == 0 and out == plain and "warning" not in err, err
+    assert f"(text lookup + the 4-gram table of {data / 'train.bin'})" in err
+    rc, out, err = run("--prompt=The ", "--max_new_tokens=40", "--speculate=4")  # sampling
+    assert rc == 0 and len(samples(out)[0]) == 44, err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--speculate=-1"], "--speculate=-1: must be an integer >= 0"),
+    (["--speculate=2", "--num_samples=2"], "--speculate decodes one sample at a time"),
+    (["--speculate=2", "--use_cache=false"], "--speculate checks its guesses over the KV cache"),
+    (["--speculate=2", "--draft_data=/no/such/train.bin"], "is not a prepared dataset's train.bin"),
+])
+def test_speculate_bad_settings_one_clear_message(run, args, message):
+    rc, out, err = run(*args)
+    assert rc == 1 and out == "" and err.count("\n") == 1 and message in err, err
