@@ -555,10 +555,9 @@ def test_an_error_only_rank_0_sees_stops_every_rank_at_once(corpus, tmp_path, ca
     one fails): rank 0 alone prepares the data and writes the files, so where that fails (a
     folder with no text in it; a checkpoint that cannot be written) rank 1 must stop too, with
     the same error, rather than wait at the next collective for the process group's timeout."""
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    # the rendezvous store lives outside the ranks, as torchrun's agents host it on a real cluster:
+    # a rank that stops then takes nothing down with it that the other still needs to exit cleanly
+    store = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
     args = tiny(corpus, tmp_path / "out", "--max_iters=4")
     if case == "preparation":
         (tmp_path / "empty").mkdir()
@@ -568,7 +567,7 @@ def test_an_error_only_rank_0_sees_stops_every_rank_at_once(corpus, tmp_path, ca
         (tmp_path / "out" / "ckpt.pt").mkdir(parents=True)
         said = "it is a folder"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(port)}
+           "MASTER_PORT": str(store.port), "TORCHELASTIC_USE_AGENT_STORE": "True"}
     procs = [subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT,
                               env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
