@@ -71,7 +71,10 @@ def window_dir(tmp_path_factory):
 def run(run_dir, capsys):
     """run(*args) -> (exit code, stdout, stderr) of `python sample.py --out_dir=run_dir *args`."""
     def go(*args, out_dir=run_dir):
-        rc = sample_mod.main([f"--out_dir={out_dir}", "--device=cpu", *args])
+        # float32 unless asked: dtype=auto times float32 against bf16 at start, and under load
+        # that choice (and so the text) could differ between two runs that are compared
+        dtype = [] if any(a.startswith("--dtype") for a in args) else ["--dtype=float32"]
+        rc = sample_mod.main([f"--out_dir={out_dir}", "--device=cpu", *dtype, *args])
         out, err = capsys.readouterr()
         return rc, out, err
     return go

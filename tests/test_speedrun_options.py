@@ -124,7 +124,8 @@ def test_speedrun_options_train_resume_and_sample(corpus, tmp_path):
     # and the checkpoint samples, cached and uncached alike
     texts = [subprocess.run([sys.executable, "sample.py", f"--out_dir={out}", "--prompt=the king",
                              "--max_new_tokens=40", "--temperature=0", f"--use_cache={c}",
-                             "--device=cpu"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+                             "--device=cpu", "--dtype=float32"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
              for c in ("true", "false")]
     assert texts[0].returncode == 0, texts[0].stderr
     assert texts[0].stdout == texts[1].stdout and texts[0].stdout.startswith("the king")

@@ -306,7 +306,7 @@ def test_sliding_window_run_trains_resumes_and_samples(corpus, tmp_path, capsys)
     texts = []
     for flag in ("--use_cache=true", "--use_cache=false"):              # 3 x block_size + 4 new
         assert sample.main([f"--out_dir={out}", "--prompt=the king", "--max_new_tokens=100",
-                            "--temperature=0", "--device=cpu", flag]) == 0
+                            "--temperature=0", "--device=cpu", "--dtype=float32", flag]) == 0
         texts.append(capsys.readouterr())
     assert texts[0].out == texts[1].out and texts[0].out.startswith("the king")
     assert len(texts[0].out.split("\n---")[0]) == len("the king") + 100
