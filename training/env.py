@@ -83,9 +83,7 @@ class RunEnv:
         if self.master:
             try:
                 result = work()
-            except UserError as e:
-                failure = e
-            except Exception as e:  # a bug: rank 0 keeps its traceback, the others stop with a line
+            except Exception as e:  # a UserError, or a bug: rank 0 re-raises it with its traceback
                 failure = e
         if self.ddp:
             said = [None if failure is None else str(failure) if isinstance(failure, UserError)
