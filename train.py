@@ -106,6 +106,7 @@ class Run:
     state: RunState              # iteration, best val loss, train time, RNGs, data streams
     checkpoints: Checkpoints
     data_dir: Path
+    meta: dict                   # the prepared data's meta.json: sizes, for bits per byte
     val_windows: ValWindows | None
     val_label: str               # what the val loss is measured over, for the log line
     tokens_per_iter: int
@@ -164,7 +165,7 @@ def setup(cfg: TrainConfig, ckpt: dict | None, env, phases: Phases) -> Run:
     env.say(f"model: {raw_model.num_params() / 1e6:.2f}M parameters; {tokens_per_iter:,} tokens per step "
             f"({gas} x {cfg.batch_size} x {cfg.block_size}); out_dir: {out_dir}")
     val_windows = ValWindows(data_dir, meta, cfg, env) if cfg.eval_full_val else None
-    return Run(raw_model, model, train_model, optimizers, scaler, state, checkpoints, data_dir, val_windows,
+    return Run(raw_model, model, train_model, optimizers, scaler, state, checkpoints, data_dir, meta, val_windows,
                val_label(val_windows, cfg, env), tokens_per_iter, resumed=ckpt is not None, phases=phases)
 
 
@@ -188,7 +189,7 @@ def train(cfg: TrainConfig, env, run: Run, log, stopper: Stopper) -> int:
                 return 1
             state.train_time += timer.split()
             with run.phases("evaluation"):
-                losses = evaluate(run.model, run.data_dir, run.val_windows, cfg, env)
+                losses = evaluate(run.model, run.data_dir, run.meta, run.val_windows, cfg, env)
             # ckpt.pt: the best of the trained weights (the first eval after step 0 always is)
             best = it > 0 and losses["val"] < state.best_val_loss
             state.best_val_loss = losses["val"] if best else state.best_val_loss

@@ -108,13 +108,13 @@ def val_label(val_windows: ValWindows | None, cfg, env) -> str:
     return what + ("" if dtype == torch.float32 else f", {str(dtype).removeprefix('torch.')}")
 
 
-def evaluate(model, data_dir, val_windows: ValWindows | None, cfg, env) -> dict:
+def evaluate(model, data_dir, meta: dict, val_windows: ValWindows | None, cfg, env) -> dict:
     """{"train": loss, "val": loss, "val_bpb": bits per byte}, with dropout off for the duration."""
     with eval_mode(model):
         out = {"train": estimate_loss(model, data_dir, "train", cfg, env)}
         out["val"] = (val_windows.loss(model, env) if val_windows is not None
                       else estimate_loss(model, data_dir, "val", cfg, env))
-    out["val_bpb"] = bits_per_byte(out["val"], load_meta(data_dir))
+    out["val_bpb"] = bits_per_byte(out["val"], meta)
     return out
 
 
