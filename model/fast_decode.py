@@ -9,7 +9,8 @@ A graph replays the same kernels on the same memory, so the step has fixed shape
   - the position is a (1,) tensor on the device, not a Python int: wpe, RoPE's angles and the
     cache write read it, and the step adds 1 to it itself;
   - attention runs over all max_len slots with a mask built from that tensor (not in the future,
-    and with attn_window not out of the band), so slots not written yet get weight 0;
+    and with attn_window not out of the band), so slots not written yet get weight 0; without a
+    graph, over the filled slots only (fewer bytes a token), a size compiled once as dynamic;
   - the input token and the output logits are static buffers: clone the logits to keep them.
 The host counts the filled positions itself and never reads `pos` back: no sync per token. The
 step reuses the model's norms, MLP and head, and writes out only the attention core. A rolling
@@ -19,13 +20,15 @@ Prefill runs the model's ordinary forward into a cache whose buffers are the sta
 Off CUDA (or with cuda_graph=False) the same step runs eagerly, which is how the CPU tests check
 it token for token against the plain cached path. verify() checks the graph or compiled step
 against the eager one before use; sample.py falls back to the plain KV cache if it fails.
+Compiled on a CPU, the step runs the model's twin whose linear layers compute one row as a
+multiply and a sum (model/matvec.py), the form Inductor streams weights fastest in.
 """
 
 import copy
-import functools
 import time
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import sdpa_kernel
 
@@ -34,6 +37,7 @@ from .kernels import SDPA_BACKENDS
 from .generate import (check_generate_args, eval_mode, prefill, sample_next,
                        visible_context)
 from .kv_cache import KVCache, RollingKVCache
+from .matvec import MatVec, as_matvec
 from .quantize import Int8Linear, fuse_int8
 
 # verify(): how far the replayed step's logits may be from the eager step's, as a fraction of the
@@ -61,16 +65,23 @@ class StaticDecoder:
     def __init__(self, model, batch_size: int, *, cuda_graph: bool | None = None, compile: bool = False):
         cfg = model.config
         p = model.wte.weight
-        self.model, self.config, self.batch_size = model, cfg, batch_size
         self.device, self.dtype = p.device, p.dtype
+        if compile and self.device.type == "cpu":
+            model = as_matvec(model)                                        # shares the weights
+        self.model, self.config, self.batch_size = model, cfg, batch_size
         self.ring = cfg.rolling  # a ring of attn_window slots that never fills, else block_size slots
         self.max_len = cfg.attn_window if self.ring else cfg.block_size   # slots per layer
         # the static buffers: cache, position, input token, output logits
-        self.cache = model.new_cache(batch_size, self.device, self.dtype)
+        if self.ring:
+            self.cache = model.new_cache(batch_size, self.device, self.dtype)
+        else:  # a spare slot: a step's slots are then never the whole cache, a size the compiled
+            # step would otherwise specialise on (a second compile)
+            self.cache = KVCache.for_model(cfg, batch_size, self.device, self.dtype, max_len=self.max_len + 1)
         self.pos = torch.zeros(1, dtype=torch.long, device=self.device)          # next position
         self.tok = torch.zeros(batch_size, 1, dtype=torch.long, device=self.device)
         self.logits = torch.zeros(batch_size, cfg.vocab_size, device=self.device, dtype=self.dtype)
         self.key_idx = torch.arange(self.max_len, device=self.device)             # (max_len,)
+        self.layer_idx = torch.arange(cfg.n_layer, device=self.device).view(-1, 1)  # (n_layer, 1)
         self.neg_inf = torch.full((self.max_len,), float("-inf"), device=self.device, dtype=self.dtype)
         self.filled = 0  # host-side count of positions holding real data (== pos, never read back)
         with torch.no_grad():
@@ -78,7 +89,11 @@ class StaticDecoder:
         # the compiled step is the plain function compiled, called with self: storing the bound
         # method self._step here would be a reference cycle (self -> method -> self), keeping the
         # cache and the graph's memory pool alive after `del` until the cyclic GC happens to run
-        self._compiled = torch.compile(StaticDecoder._step, fullgraph=True, dynamic=False) if compile else None
+        # On a CPU, Inductor would otherwise recompute a norm's output inside every row of the
+        # matvec that reads it, instead of once (options: its documented config keys).
+        options = {"realize_opcount_threshold": 0} if self.device.type == "cpu" else None
+        self._compiled = (torch.compile(StaticDecoder._step, fullgraph=True, dynamic=None, options=options)
+                          if compile else None)
         if cuda_graph is None:
             cuda_graph = self.device.type == "cuda"
         if cuda_graph and self.device.type != "cuda":
@@ -90,19 +105,27 @@ class StaticDecoder:
 
     @staticmethod
     def _fuse(attn):
-        """One (q|k|v) linear map per layer, (nh*hs + 2*nkv*hs, C): a weight (and bias) for
-        F.linear, or one Int8Linear of the three (model/quantize.py)."""
+        """One (q|k|v) linear layer per layer, (nh*hs + 2*nkv*hs, C): an nn.Linear of the
+        three, or one Int8Linear (model/quantize.py), in a MatVec if the twin has them so."""
         layers = [attn.q_proj, attn.k_proj, attn.v_proj]
-        if isinstance(attn.q_proj, Int8Linear):
-            return fuse_int8(layers)
-        w = torch.cat([m.weight for m in layers]).detach()
-        b = None if attn.q_proj.bias is None else torch.cat([m.bias for m in layers]).detach()
-        return functools.partial(F.linear, weight=w, bias=b)
+        wrap = isinstance(layers[0], MatVec)                               # model/matvec.py
+        layers = [m.layer for m in layers] if wrap else layers
+        if isinstance(layers[0], Int8Linear):
+            fused = fuse_int8(layers)
+        else:
+            w = torch.cat([m.weight for m in layers]).detach()
+            fused = nn.utils.skip_init(nn.Linear, w.size(1), w.size(0), bias=layers[0].bias is not None,
+                                       device="meta")
+            fused.weight = nn.Parameter(w, requires_grad=False)
+            if layers[0].bias is not None:
+                fused.bias = nn.Parameter(torch.cat([m.bias for m in layers]).detach(), requires_grad=False)
+        return MatVec(fused) if wrap else fused
 
     @torch.no_grad()
-    def _step(self):
-        """One token per row, self.tok (N, 1) at position self.pos -> self.logits (N, V).
-        Every shape here is fixed: this is what the CUDA graph records."""
+    def _step(self, slots):
+        """One token per row, self.tok (N, 1) at position self.pos -> self.logits (N, V),
+        attending over the cache slots key_idx[:n] (_slots()). For a CUDA graph every shape
+        here is fixed, n = max_len included."""
         m = self.model
         x = m.wte(self.tok)                                                # (N, 1, C)
         if m.wpe is not None:
@@ -114,30 +137,30 @@ class StaticDecoder:
         # where this token's k and v go: slot pos, or in a ring slot pos % W (it wraps around)
         slot = self.pos % self.max_len if self.ring else self.pos
         with sdpa_kernel(SDPA_BACKENDS["decode"]):  # model/kernels.py says which and why
-            x = self._blocks(x, rope, slot, self._visible())
+            x = self._blocks(x, rope, slot, self._visible(slots))
         self.logits.copy_(m.head(m.ln_f(x))[:, -1])                        # (N, V), static buffer
         self.pos.add_(1)
 
-    def _visible(self):
-        """The additive mask over all max_len slots for the query at pos, (1, 1, 1, max_len): 0
-        where it may look, -inf elsewhere. Built from the position tensor once per step, in the
-        compute dtype, so no layer has to convert it."""
+    def _visible(self, slots):
+        """The additive mask over the n slots attended, slots (n,), for the query at pos,
+        (1, 1, 1, n): 0 where it may look, -inf elsewhere. Built from the position tensor once
+        per step, in the compute dtype, so no layer has to convert it."""
         if self.ring:
             # slot s holds the latest position p <= pos with p % W == s (this step writes pos
             # first); negative: not written yet
-            slot_pos = self.pos - (self.pos - self.key_idx) % self.max_len
+            slot_pos = self.pos - (self.pos - slots) % self.max_len
         else:
-            slot_pos = self.key_idx                                        # slot s holds position s
-        written = slot_pos >= 0                                            # (max_len,)
+            slot_pos = slots                                               # slot s holds position s
+        written = slot_pos >= 0                                            # (n,)
         # not in the future (keys after pos: not written yet, or left from an earlier sequence)
         # and, with attn_window, not out of the window
         ok = position_mask(self.pos, slot_pos, self.config.attn_window)[0] & written
-        return self.neg_inf.masked_fill(ok, 0.0).view(1, 1, 1, self.max_len)
+        return self.neg_inf[:slots.size(0)].masked_fill(ok, 0.0).view(1, 1, 1, -1)
 
     def _blocks(self, x, rope, slot, visible):
         """The transformer blocks for one token per row: x (N, 1, C) -> (N, 1, C)."""
         m, cfg = self.model, self.config
-        N, C = x.size(0), cfg.n_embd
+        N, C, n = x.size(0), cfg.n_embd, visible.size(-1)
         nh, nkv, hs = cfg.n_head, cfg.n_kv_head, cfg.head_size
         x0 = x
         for i, block in enumerate(m.blocks):
@@ -151,37 +174,50 @@ class StaticDecoder:
                 q, k = rms_norm(q), rms_norm(k)
             if rope is not None:
                 q, k = rotate(q, *rope), rotate(k, *rope)
-            keys, values = self.cache.k[i], self.cache.v[i]                # (N, nkv, max_len, hs)
-            keys.index_copy_(2, slot, k)                                   # write at slot, in place
-            values.index_copy_(2, slot, v)
+            # write at slot, in place, indexing the whole cache and not a view of layer i:
+            # compiled, a write through a view of an input copies the whole input
+            self.cache.k[self.layer_idx[i], :, :, slot] = k[:, :, 0]
+            self.cache.v[self.layer_idx[i], :, :, slot] = v[:, :, 0]
+            keys, values = self.cache.k[i, :, :, :n], self.cache.v[i, :, :, :n]  # (N, nkv, n, hs)
             y = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible,
                                                enable_gqa=nkv != nh)       # (N, nh, 1, hs)
             x = x + block.attn.o_proj(y.transpose(1, 2).reshape(N, 1, C))
             x = x + block.mlp(block.ln_2(x))
         return x
 
-    def _run(self):
-        """The step as decode() records or runs it: compiled if asked for, else eager."""
+    def _slots(self):
+        """The slots a step attends over, key_idx[:n]: all of them in a CUDA graph (fixed
+        shapes) and in a ring (each holds a position of the window), else the filled ones and
+        this step's, at least 2 (a size of 1 is specialised on, and would compile again)."""
+        if self.graph is not None or self.ring:
+            return self.key_idx
+        return self.key_idx[:max(self.filled + 1, 2)]
+
+    def _run(self, slots, dynamic=False):
+        """The step as decode() records or runs it: compiled if asked for, else eager. dynamic:
+        the number of slots varies from step to step (one compiled graph for every length)."""
         if self._compiled is not None:
-            self._compiled(self)
+            if dynamic:
+                torch._dynamo.maybe_mark_dynamic(slots, 0)
+            self._compiled(self, slots)
         else:
-            self._step()
+            self._step(slots)
 
     def _replay(self):
         """One step the way decode() takes it: replay the CUDA graph if there is one."""
         if self.graph is not None:
             self.graph.replay()
         else:
-            self._run()
+            self._run(self._slots(), dynamic=not self.ring)
 
     def _warm_up(self, steps: int = 3):
         """Run the step a few times before capture (cuBLAS workspaces, compile autotuning, the
         allocator), each from position 0: it writes cache slot 0 only, so any block_size >= 1
-        is safe (an index_copy_ past the cache is a device-side assert that kills the CUDA
+        is safe (a write past the cache is a device-side assert that kills the CUDA
         context). Prefill later overwrites slot 0 or the mask hides it."""
         for _ in range(steps):
             self.pos.zero_()
-            self._run()
+            self._run(self.key_idx)
         self.pos.zero_()
 
     def _capture(self):
@@ -199,7 +235,7 @@ class StaticDecoder:
             torch.cuda.current_stream(dev).wait_stream(stream)
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph, stream=stream):
-                self._run()
+                self._run(self.key_idx)
             self.pos.zero_()
 
     @torch.no_grad()
@@ -224,7 +260,10 @@ class StaticDecoder:
             what = "the compiled step" if self._compiled else "the step"
         W = self.max_len
         positions = [W // 2, self.config.block_size + W // 2] if self.ring else sorted({0, W // 2, W - 1})
-        tol = (VERIFY_TOLERANCE_COMPILED if self._compiled else VERIFY_TOLERANCE).get(self.dtype, 1e-4)
+        # torch's CPU int8 kernel computes in bf16 whatever the model's dtype (model/quantize.py)
+        int8_cpu = self.device.type == "cpu" and any(isinstance(m, Int8Linear) for m in self.model.modules())
+        dtype = torch.bfloat16 if int8_cpu else self.dtype
+        tol = (VERIFY_TOLERANCE_COMPILED if self._compiled else VERIFY_TOLERANCE).get(dtype, 1e-4)
         tok = (torch.arange(self.batch_size, device=self.device) % self.config.vocab_size).view(-1, 1)
 
         def known_state(pos):
@@ -233,6 +272,7 @@ class StaticDecoder:
             self.cache.v.normal_(generator=g)
             self.tok.copy_(tok)
             self.pos.fill_(pos)
+            self.filled = pos
             self.logits.fill_(float("nan"))
 
         problems = []
@@ -240,7 +280,7 @@ class StaticDecoder:
             with eval_mode(self.model):  # the model as decode() runs it
                 for pos in positions:
                     known_state(pos)
-                    self._step()                                           # the reference: eager
+                    self._step(self._slots())                              # the reference: eager
                     want = self.logits.clone().float()                     # (N, V)
                     known_state(pos)
                     try:

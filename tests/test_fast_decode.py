@@ -175,9 +175,9 @@ def test_verify_steps_at_several_positions(monkeypatch):
     seen = []
     real = StaticDecoder._step
 
-    def step(self):
+    def step(self, slots):
         seen.append(int(self.pos))
-        real(self)
+        real(self, slots)
     monkeypatch.setattr(StaticDecoder, "_step", step)
     StaticDecoder(make(), 2).verify()
     assert seen == [0, 0, BLOCK // 2, BLOCK // 2, BLOCK - 1, BLOCK - 1]
@@ -191,15 +191,15 @@ def test_verify_catches_a_ring_that_sees_slots_not_written_yet(monkeypatch):
     wrapped (every slot written), wrong before."""
     from model.attention import position_mask
 
-    def blind(self):
-        slot_pos = self.pos - (self.pos - self.key_idx) % self.max_len
+    def blind(self, slots):
+        slot_pos = self.pos - (self.pos - slots) % self.max_len
         ok = position_mask(self.pos, slot_pos, self.config.attn_window)[0]      # no `& written`
         return self.neg_inf.masked_fill(ok, 0.0).view(1, 1, 1, self.max_len)
 
     def replay(self):
         monkeypatch.setattr(StaticDecoder, "_visible", blind)
         try:
-            self._step()
+            self._step(self._slots())
         finally:
             monkeypatch.setattr(StaticDecoder, "_visible", visible)
     visible = StaticDecoder._visible

@@ -154,7 +154,7 @@ def _replay_raises(dec):
 
 
 def _replay_negated(dec):
-    dec._run()
+    dec._run(dec._slots())
     dec.logits.neg_()              # the likeliest token becomes the least likely: other text
 
 
@@ -163,14 +163,14 @@ def _compile_fails(fn, **kw):
 
 
 def _compiled_step_raises(fn, **kw):
-    def step(dec):
+    def step(dec, slots):
         raise RuntimeError("inductor failed")
     return step
 
 
 def _compiled_step_negated(fn, **kw):
-    def step(dec):
-        fn(dec)
+    def step(dec, slots):
+        fn(dec, slots)
         dec.logits.neg_()
     return step
 
