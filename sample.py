@@ -210,7 +210,7 @@ def decode_steps(cfg, model, idx, device, generator, err=None):
     if dec is None:
         return decode(model, idx, cfg.max_new_tokens, use_cache=True, **kw), cache_name(model), setup_s
     name = ("static ring cache" if dec.ring else "static cache") + \
-        (" + CUDA graph" if dec.graph is not None else " (eager, no CUDA graph)") + \
+        (" + CUDA graph" if dec.graph is not None else "" if cfg.compile else " (eager, no CUDA graph)") + \
         (" + torch.compile" if cfg.compile else "")
     return dec.decode(idx, cfg.max_new_tokens, **kw), name, setup_s
 
@@ -218,10 +218,13 @@ def decode_steps(cfg, model, idx, device, generator, err=None):
 def decode_weights(cfg: SampleConfig, model, device, dtype):
     """(model, dtype, what the decode line says of them). --dtype=auto on a CPU that computes
     bf16 times both and keeps the faster (fastest_dtype); --int8 quantizes the weights after
-    the cast, over bf16 activations there (torch's int8 kernel takes bf16)."""
+    the cast, over bf16 activations there (torch's int8 kernel takes bf16), or float32 ones
+    with --compile (its one-row step widens int8 weights itself: model/matvec.py)."""
     how = str(dtype).removeprefix("torch.")
     if cfg.dtype == "auto" and device.type == "cpu" and native_bf16("cpu"):
-        if cfg.int8:
+        if cfg.int8 and cfg.compile:
+            dtype, how = torch.float32, "float32"
+        elif cfg.int8:
             dtype, how = torch.bfloat16, "bfloat16"
         else:
             dtype, times = fastest_dtype(model)
