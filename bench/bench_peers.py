@@ -9,7 +9,10 @@ Needs the peers: pip install -e ".[peers]" (transformers, safetensors, ctranslat
 loads that folder and CTranslate2 converts it (float32 and int8 weights). Every path decodes
 greedily from the same prompts (random tokens, the same for all) at batch 1 and 16, timed as one
 whole generate call (prefill included), best of --repeats after a warm-up; tokens/s counts every
-row. Each row says how many of its tokens equal our float32 greedy's.
+row. Each row says how many of its tokens equal our float32 greedy's. Our paths: the plain KV
+cache (model/generate.py) in float32, bfloat16 and with int8 weights, and the same three through
+the compiled static step (model/fast_decode.py, sample.py --compile; float32 activations over
+the int8 weights there), built and self-checked once per batch size before the warm-up.
 
 CTranslate2 runs last, in a child process of its own: once its thread pool has run in a process,
 torch's decode steps there run at less than half their speed (measured on the 2-core EPYC VM),
@@ -32,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere in a checkout
 from model import GPT, GPTConfig  # noqa: E402
+from model.fast_decode import StaticDecoder  # noqa: E402
 from model.generate import decode  # noqa: E402
 from model.quantize import Int8Linear, quantize_int8  # noqa: E402
 from model.speculative import SpeculativeDecoder  # noqa: E402
@@ -80,6 +84,20 @@ def best_of(fn, repeats):
 
 def ours(model, prompts, new):
     return torch.stack([t for _, t in decode(model, prompts, new, temperature=0)], 1)  # (B, new)
+
+
+def compiled(model, new):
+    """generate(prompts) through the compiled static step: one decoder per batch size, built,
+    compiled and verified at its first call (the warm-up)."""
+    decoders = {}
+
+    def generate(prompts):
+        b = prompts.size(0)
+        if b not in decoders:
+            decoders[b] = StaticDecoder(model, b, compile=True)
+            decoders[b].verify()
+        return torch.stack([t for _, t in decoders[b].decode(prompts, new, temperature=0)], 1)
+    return generate
 
 
 def speculative(model, prompts, new, k):
@@ -148,6 +166,7 @@ def main():
     p.add_argument("--batches", default="1,16")
     p.add_argument("--new_tokens", type=int, help="default: the shape's (128 for gpt2, 255 for char)")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--compile", type=int, default=1, help="1: also race the compiled static step (a minute of compiling); 0: not")
     p.add_argument("--speculate", type=int, default=8, help="guesses per forward of the speculative row; 0 = no row")
     args = p.parse_args()
     need("transformers")
@@ -183,6 +202,10 @@ def main():
     paths["ours bfloat16"] = (2, lambda x: ours(bf16, x, new))
     int8 = quantize_int8(copy.deepcopy(model).to(torch.bfloat16))
     paths["ours int8"] = (1, lambda x: ours(int8, x, new))
+    if args.compile:
+        paths["ours float32 compiled"] = (4, compiled(model, new))
+        paths["ours bfloat16 compiled"] = (2, compiled(bf16, new))
+        paths["ours int8 compiled"] = (1, compiled(quantize_int8(copy.deepcopy(model)), new))
     paths["HF generate float32"] = (4, lambda x: hf_generate(hf, x, new))
 
     prompts_by_batch = {b: torch.randint(0, cfg.vocab_size, (b, prompt_len), generator=torch.Generator().manual_seed(b))
@@ -201,7 +224,7 @@ def main():
     paths["CTranslate2 float32"], paths["CTranslate2 int8"] = (4, None), (1, None)
 
     best = {}
-    print(f"{'path':22s} {'batch':>5s} {'tok/s':>8s} {'of limit':>8s}  same tokens as ours float32")
+    print(f"{'path':24s} {'batch':>5s} {'tok/s':>8s} {'of limit':>8s}  same tokens as ours float32")
     for batch in prompts_by_batch:
         reference = results[("ours float32", batch)][1]
         for (name, b), (seconds, tokens) in results.items():
@@ -210,11 +233,11 @@ def main():
             rate = batch * new / seconds
             same = f"{int((tokens == reference).sum())}/{reference.numel()}"
             if "speculate" in name:
-                print(f"{name:22s} {batch:5d} {rate:8.1f} {'':>8s}  {same} ({accepted}; not in the ratio below)")
+                print(f"{name:24s} {batch:5d} {rate:8.1f} {'':>8s}  {same} ({accepted}; not in the ratio below)")
                 continue
             limit = batch * bw / (paths[name][0] * n_w)
             best[(name, batch)] = rate
-            print(f"{name:22s} {batch:5d} {rate:8.1f} {rate / limit:8.0%}  {same}", flush=True)
+            print(f"{name:24s} {batch:5d} {rate:8.1f} {rate / limit:8.0%}  {same}", flush=True)
     for batch in sorted({b for _, b in best}):
         o = max(r for (n, b), r in best.items() if b == batch and n.startswith("ours"))
         c = max(r for (n, b), r in best.items() if b == batch and n.startswith("CTranslate2"))
