@@ -62,27 +62,36 @@ class StaticDecoder:
     copy taken here: rebuild the decoder if the model's weights change afterwards.
     """
 
-    def __init__(self, model, batch_size: int, *, cuda_graph: bool | None = None, compile: bool = False):
+    def __init__(self, model, batch_size: int, *, cuda_graph: bool | None = None, compile: bool = False,
+                 tokens: int = 1):
+        """tokens: how many tokens a row a step takes, at consecutive positions. 1 decodes; more
+        checks speculative guesses in one step (check(), model/speculative.py)."""
         cfg = model.config
+        if tokens > 1 and cfg.rolling:
+            raise ValueError("a step of several tokens needs a plain cache: in a ring, a later "
+                             "token's write would overwrite keys an earlier one still sees")
         p = model.wte.weight
         self.device, self.dtype = p.device, p.dtype
         if compile and self.device.type == "cpu":
             model = as_matvec(model)                                        # shares the weights
-        self.model, self.config, self.batch_size = model, cfg, batch_size
+        self.model, self.config, self.batch_size, self.tokens = model, cfg, batch_size, tokens
         self.ring = cfg.rolling  # a ring of attn_window slots that never fills, else block_size slots
         self.max_len = cfg.attn_window if self.ring else cfg.block_size   # slots per layer
         # the static buffers: cache, position, input token, output logits
         if self.ring:
             self.cache = model.new_cache(batch_size, self.device, self.dtype)
-        else:  # a spare slot: a step's slots are then never the whole cache, a size the compiled
-            # step would otherwise specialise on (a second compile)
-            self.cache = KVCache.for_model(cfg, batch_size, self.device, self.dtype, max_len=self.max_len + 1)
-        self.pos = torch.zeros(1, dtype=torch.long, device=self.device)          # next position
-        self.tok = torch.zeros(batch_size, 1, dtype=torch.long, device=self.device)
-        self.logits = torch.zeros(batch_size, cfg.vocab_size, device=self.device, dtype=self.dtype)
-        self.key_idx = torch.arange(self.max_len, device=self.device)             # (max_len,)
+        else:  # spare slots: for a check step's padding past the window, and so a step's slots
+            # are never the whole cache, a size the compiled step would specialise on (compiling twice)
+            self.cache = KVCache.for_model(cfg, batch_size, self.device, self.dtype,
+                                           max_len=self.max_len + tokens)
+        self.pos = torch.zeros(1, dtype=torch.long, device=self.device)          # first position
+        self.offsets = torch.arange(tokens, device=self.device)                   # (T,)
+        self.tok = torch.zeros(batch_size, tokens, dtype=torch.long, device=self.device)
+        self.logits = torch.zeros(batch_size, tokens, cfg.vocab_size, device=self.device, dtype=self.dtype)
+        n_keys = self.max_len if self.ring else self.max_len + tokens - 1        # slots a step may see
+        self.key_idx = torch.arange(n_keys, device=self.device)                   # (n_keys,)
         self.layer_idx = torch.arange(cfg.n_layer, device=self.device).view(-1, 1)  # (n_layer, 1)
-        self.neg_inf = torch.full((self.max_len,), float("-inf"), device=self.device, dtype=self.dtype)
+        self.neg_inf = torch.full((n_keys,), float("-inf"), device=self.device, dtype=self.dtype)
         self.filled = 0  # host-side count of positions holding real data (== pos, never read back)
         with torch.no_grad():
             self.qkv = [self._fuse(b.attn) for b in model.blocks]
@@ -123,28 +132,30 @@ class StaticDecoder:
 
     @torch.no_grad()
     def _step(self, slots):
-        """One token per row, self.tok (N, 1) at position self.pos -> self.logits (N, V),
-        attending over the cache slots key_idx[:n] (_slots()). For a CUDA graph every shape
-        here is fixed, n = max_len included."""
+        """T tokens per row (T = 1 to decode), self.tok (N, T) at positions pos .. pos+T-1 ->
+        self.logits (N, T, V), attending over the cache slots key_idx[:n] (_slots()). For a
+        CUDA graph every shape here is fixed, n included."""
         m = self.model
-        x = m.wte(self.tok)                                                # (N, 1, C)
+        positions = self.pos + self.offsets                                # (T,)
+        x = m.wte(self.tok)                                                # (N, T, C)
         if m.wpe is not None:
-            x = x + m.wpe(self.pos)                                        # (1, C) broadcast
+            # a check step's padding may run past the table; what it computes is never read
+            x = x + m.wpe(positions.clamp(max=self.config.block_size - 1))  # (T, C) broadcast
         x = m.ln_e(x)                                                      # Identity unless embed_norm
-        # RoPE's angles at pos, computed from the tensor (any position, past block_size too):
-        # (cos, sin), each (1, hs/2), once for every layer
-        rope = m.rotary.cos_sin(self.pos) if m.rotary is not None else None
-        # where this token's k and v go: slot pos, or in a ring slot pos % W (it wraps around)
-        slot = self.pos % self.max_len if self.ring else self.pos
+        # RoPE's angles at the positions, computed from the tensor (any position, past block_size
+        # too): (cos, sin), each (T, hs/2), once for every layer
+        rope = m.rotary.cos_sin(positions) if m.rotary is not None else None
+        # where these tokens' k and v go: slot pos, or in a ring slot pos % W (it wraps around)
+        slot = positions % self.max_len if self.ring else positions
         with sdpa_kernel(SDPA_BACKENDS["decode"]):  # model/kernels.py says which and why
-            x = self._blocks(x, rope, slot, self._visible(slots))
-        self.logits.copy_(m.head(m.ln_f(x))[:, -1])                        # (N, V), static buffer
-        self.pos.add_(1)
+            x = self._blocks(x, rope, slot, self._visible(slots, positions))
+        self.logits.copy_(m.head(m.ln_f(x)))                               # (N, T, V), static buffer
+        self.pos.add_(self.tokens)
 
-    def _visible(self, slots):
-        """The additive mask over the n slots attended, slots (n,), for the query at pos,
-        (1, 1, 1, n): 0 where it may look, -inf elsewhere. Built from the position tensor once
-        per step, in the compute dtype, so no layer has to convert it."""
+    def _visible(self, slots, positions):
+        """The additive mask over the n slots attended, slots (n,), for the queries at positions
+        (T,), (1, 1, T, n): 0 where it may look, -inf elsewhere. Built from the position tensor
+        once per step, in the compute dtype, so no layer has to convert it."""
         if self.ring:
             # slot s holds the latest position p <= pos with p % W == s (this step writes pos
             # first); negative: not written yet
@@ -154,44 +165,44 @@ class StaticDecoder:
         written = slot_pos >= 0                                            # (n,)
         # not in the future (keys after pos: not written yet, or left from an earlier sequence)
         # and, with attn_window, not out of the window
-        ok = position_mask(self.pos, slot_pos, self.config.attn_window)[0] & written
-        return self.neg_inf[:slots.size(0)].masked_fill(ok, 0.0).view(1, 1, 1, -1)
+        ok = position_mask(positions, slot_pos, self.config.attn_window) & written   # (T, n)
+        return torch.where(ok, 0.0, self.neg_inf[:slots.size(0)]).view(1, 1, *ok.shape)
 
     def _blocks(self, x, rope, slot, visible):
-        """The transformer blocks for one token per row: x (N, 1, C) -> (N, 1, C)."""
+        """The transformer blocks for T tokens per row: x (N, T, C) -> (N, T, C)."""
         m, cfg = self.model, self.config
-        N, C, n = x.size(0), cfg.n_embd, visible.size(-1)
+        (N, T, C), n = x.shape, visible.size(-1)
         nh, nkv, hs = cfg.n_head, cfg.n_kv_head, cfg.head_size
         x0 = x
         for i, block in enumerate(m.blocks):
             x = block.shortcut(x, x0)
             h = block.ln_1(x)
             q, k, v = self.qkv[i](h).split([nh * hs, nkv * hs, nkv * hs], dim=-1)
-            q = q.view(N, 1, nh, hs).transpose(1, 2)                       # (N, nh, 1, hs)
-            k = k.view(N, 1, nkv, hs).transpose(1, 2)                      # (N, nkv, 1, hs)
-            v = v.view(N, 1, nkv, hs).transpose(1, 2)
+            q = q.view(N, T, nh, hs).transpose(1, 2)                       # (N, nh, T, hs)
+            k = k.view(N, T, nkv, hs).transpose(1, 2)                      # (N, nkv, T, hs)
+            v = v.view(N, T, nkv, hs).transpose(1, 2)
             if block.attn.qk_norm:
                 q, k = rms_norm(q), rms_norm(k)
             if rope is not None:
                 q, k = rotate(q, *rope), rotate(k, *rope)
             # write at slot, in place, indexing the whole cache and not a view of layer i:
             # compiled, a write through a view of an input copies the whole input
-            self.cache.k[self.layer_idx[i], :, :, slot] = k[:, :, 0]
-            self.cache.v[self.layer_idx[i], :, :, slot] = v[:, :, 0]
+            self.cache.k[self.layer_idx[i], :, :, slot] = k.permute(2, 0, 1, 3)   # (T, N, nkv, hs)
+            self.cache.v[self.layer_idx[i], :, :, slot] = v.permute(2, 0, 1, 3)
             keys, values = self.cache.k[i, :, :, :n], self.cache.v[i, :, :, :n]  # (N, nkv, n, hs)
             y = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible,
-                                               enable_gqa=nkv != nh)       # (N, nh, 1, hs)
-            x = x + block.attn.o_proj(y.transpose(1, 2).reshape(N, 1, C))
+                                               enable_gqa=nkv != nh)       # (N, nh, T, hs)
+            x = x + block.attn.o_proj(y.transpose(1, 2).reshape(N, T, C))
             x = x + block.mlp(block.ln_2(x))
         return x
 
     def _slots(self):
         """The slots a step attends over, key_idx[:n]: all of them in a CUDA graph (fixed
         shapes) and in a ring (each holds a position of the window), else the filled ones and
-        this step's, at least 2 (a size of 1 is specialised on, and would compile again)."""
+        this step's own, at least 2 (a size of 1 is specialised on, and would compile again)."""
         if self.graph is not None or self.ring:
             return self.key_idx
-        return self.key_idx[:max(self.filled + 1, 2)]
+        return self.key_idx[:max(self.filled + self.tokens, 2)]
 
     def _run(self, slots, dynamic=False):
         """The step as decode() records or runs it: compiled if asked for, else eager. dynamic:
@@ -264,7 +275,8 @@ class StaticDecoder:
         int8_cpu = self.device.type == "cpu" and any(isinstance(m, Int8Linear) for m in self.model.modules())
         dtype = torch.bfloat16 if int8_cpu else self.dtype
         tol = (VERIFY_TOLERANCE_COMPILED if self._compiled else VERIFY_TOLERANCE).get(dtype, 1e-4)
-        tok = (torch.arange(self.batch_size, device=self.device) % self.config.vocab_size).view(-1, 1)
+        tok = (torch.arange(self.batch_size * self.tokens, device=self.device) % self.config.vocab_size)
+        tok = tok.view(self.batch_size, self.tokens)
 
         def known_state(pos):
             g = torch.Generator(device=self.device).manual_seed(pos)
@@ -281,7 +293,7 @@ class StaticDecoder:
                 for pos in positions:
                     known_state(pos)
                     self._step(self._slots())                              # the reference: eager
-                    want = self.logits.clone().float()                     # (N, V)
+                    want = self.logits.clone().float()                     # (N, T, V)
                     known_state(pos)
                     try:
                         self._replay()
@@ -294,8 +306,8 @@ class StaticDecoder:
                     if not err <= tol * scale:                             # also catches nan
                         problems.append(f"gives logits off by {err.item():.3g} from the eager step's at "
                                         f"position {pos} (largest {scale.item():.3g}, tolerance {tol:g} of it)")
-                    if moved != 1:
-                        problems.append(f"moves the position by {moved}, not by 1")
+                    if moved != self.tokens:
+                        problems.append(f"moves the position by {moved}, not by {self.tokens}")
                     if problems:
                         break
         finally:
@@ -335,12 +347,31 @@ class StaticDecoder:
     def step(self, tok):
         """tok (N,) at the next position -> logits (N, V). The result is the static buffer:
         the next step overwrites it."""
+        if self.tokens != 1:
+            raise ValueError(f"this decoder takes {self.tokens} tokens a step: use check()")
         if self.filled >= self.max_len and not self.ring:  # a ring never fills
             raise ValueError(f"static cache is full ({self.max_len} positions); prefill again")
         self.tok.copy_(tok.view(-1, 1))
         self._replay()
         self.filled += 1
+        return self.logits[:, -1]
+
+    def check(self, tokens):
+        """tokens (N, T) at the next T positions -> logits (N, T, V), the static buffer. Their
+        keys and values stay in the cache; rewind() keeps fewer of them (model/speculative.py)."""
+        if not 0 < self.filled < self.max_len:
+            raise ValueError(f"check() needs a prefill and room in the window: {self.filled} of "
+                             f"{self.max_len} positions filled")
+        self.tok.copy_(tokens)
+        self._replay()
+        self.filled += self.tokens
         return self.logits
+
+    def rewind(self, filled: int):
+        """Keep positions < filled only. Nothing is erased: the next step overwrites the rest,
+        and until then the mask hides them from every query before them."""
+        self.filled = filled
+        self.pos.fill_(filled)                                          # a write, not a read: no sync
 
     def decode(self, idx, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None,
                generator=None, seed=None, num_samples=1, keep=None):

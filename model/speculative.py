@@ -134,12 +134,18 @@ class TextLookup:
 class SpeculativeDecoder:
     """Decode one sequence with guesses, k at most per forward: first what followed the text's
     last few tokens earlier in it (TextLookup), the rest from the draft (an NGramDraft, or None).
-    Counts what it did: `proposed` guesses, `accepted` of them, `forwards` over the cache."""
+    Counts what it did: `proposed` guesses, `accepted` of them, `forwards` over the cache.
 
-    def __init__(self, model, draft, k: int, lookup_n: int = 4):
+    static: a StaticDecoder of the model taking k+1 tokens a step (model/fast_decode.py; a CUDA
+    graph on a GPU, checked by its verify() before use) checks the guesses in its fixed-shape
+    step, fewer guesses padded; without it the model's forward over the KV cache does."""
+
+    def __init__(self, model, draft, k: int, lookup_n: int = 4, static=None):
         if k < 1:
             raise ValueError(f"k={k!r}: must be an integer >= 1")
-        self.model, self.draft, self.k, self.lookup_n = model, draft, k, lookup_n
+        if static is not None and static.tokens != k + 1:
+            raise ValueError(f"the static decoder takes {static.tokens} tokens a step; k={k} needs {k + 1}")
+        self.model, self.draft, self.k, self.lookup_n, self.static = model, draft, k, lookup_n, static
         self.proposed = self.accepted = self.forwards = 0
 
     @property
@@ -158,7 +164,7 @@ class SpeculativeDecoder:
             raise ValueError("speculative decoding runs one sequence: idx (1, T), num_samples=1")
         if max_new_tokens == 0:
             return
-        dev = idx.device
+        dev, static = idx.device, self.static
 
         def verdict(logits, guess):  # logits (V,), guess int -> (kept, token int)
             kept, tok = accept(logits[None], torch.tensor([guess], device=dev),
@@ -172,14 +178,25 @@ class SpeculativeDecoder:
 
         def forward(tokens):  # list of ids at the cache's next positions -> logits (T, V)
             self.forwards += 1  # GPT.forward picks the attention kernels (model/kernels.py)
-            return model(torch.tensor([tokens], device=dev), cache=cache)[0][0]
+            if static is None:
+                return model(torch.tensor([tokens], device=dev), cache=cache)[0][0]
+            padded = tokens + tokens[-1:] * (static.tokens - len(tokens))   # its outputs unread
+            return static.check(torch.tensor([padded], device=dev))[0, :len(tokens)].clone()
+
+        def restart(context):  # prefill afresh -> the last position's logits (V,)
+            if static is None:
+                cache.reset()
+                return forward(context)[-1]
+            self.forwards += 1
+            return static.prefill(torch.tensor([context], device=dev))[0]
 
         with eval_mode(model):
             context = idx[0, -visible_context(idx.size(1), cfg, cfg.block_size):].tolist()
             text = TextLookup(self.lookup_n)
             text.extend(idx[0].tolist())
-            cache = model.new_cache(1, device=dev)
-            logits = prefill(model, torch.tensor([context], device=dev), cache)[0]   # (V,)
+            cache = model.new_cache(1, device=dev) if static is None else None
+            ids = torch.tensor([context], device=dev)
+            logits = (prefill(model, ids, cache) if static is None else static.prefill(ids))[0]   # (V,)
             nxt, done = pick(logits), 0
             while True:
                 yield logits[None], torch.tensor([nxt], device=dev)
@@ -191,14 +208,13 @@ class SpeculativeDecoder:
                 seen = visible_context(len(context), cfg, keep)
                 if seen < len(context):                                 # cut: prefill afresh
                     context = context[-seen:]
-                    cache.reset()
-                    logits = forward(context)[-1]
+                    logits = restart(context)
                     nxt = pick(logits)
                     continue
                 # guesses end inside the window (a ring: fewer than its W slots, all distinct)
                 room = cfg.attn_window - 1 if cfg.rolling else cfg.block_size - len(context)
                 guess = self._guess(text, min(self.k, room, max_new_tokens - done - 1))
-                start = cache.pos
+                start = cache.pos if static is None else static.filled
                 saved = self._save_ring(cache, start, len(guess) + 1) if cfg.rolling else None
                 out = forward([nxt] + guess)                            # (1 + len(guess), V)
                 self.proposed += len(guess)
@@ -215,7 +231,10 @@ class SpeculativeDecoder:
                     tok = pick(out[n])                                  # every guess kept: a bonus
                 self.accepted += n
                 done += n
-                self._roll_back(cache, start + 1 + n, saved)
+                if static is None:
+                    self._roll_back(cache, start + 1 + n, saved)
+                else:
+                    static.rewind(start + 1 + n)
                 logits, nxt = out[n], tok
 
     def _guess(self, text, k):

@@ -191,10 +191,10 @@ def test_verify_catches_a_ring_that_sees_slots_not_written_yet(monkeypatch):
     wrapped (every slot written), wrong before."""
     from model.attention import position_mask
 
-    def blind(self, slots):
+    def blind(self, slots, positions):
         slot_pos = self.pos - (self.pos - slots) % self.max_len
-        ok = position_mask(self.pos, slot_pos, self.config.attn_window)[0]      # no `& written`
-        return self.neg_inf.masked_fill(ok, 0.0).view(1, 1, 1, self.max_len)
+        ok = position_mask(positions, slot_pos, self.config.attn_window)      # no `& written`
+        return torch.where(ok, 0.0, self.neg_inf).view(1, 1, *ok.shape)
 
     def replay(self):
         monkeypatch.setattr(StaticDecoder, "_visible", blind)

@@ -171,6 +171,22 @@ def test_static_decode_step_and_sampling_never_read_the_host(name, settings, hos
     assert trace.reads == []
 
 
+@pytest.mark.parametrize("name", ["mha-learned", "gqa-rope"])
+def test_the_speculative_check_step_and_its_rewind_never_read_the_host(name, host_reads):
+    """What model/speculative.py asks of the static step per forward, on a GPU a graph replay:
+    copy the guesses in, take the step, move the position back. (Its verdicts are read back
+    after, once per forward, by design.)"""
+    dec = StaticDecoder(make(**CONFIGS[name]), 1, tokens=4)
+    dec.prefill(prompt(1, 3))
+    guesses = torch.tensor([[5, 6, 7, 8]])
+    dec.check(guesses)
+    with host_reads() as trace:
+        dec.rewind(4)
+        dec.check(guesses)
+    assert "aten::index_put_" in trace.ops and "aten::fill_.Scalar" in trace.ops
+    assert trace.reads == []
+
+
 @pytest.mark.parametrize("settings", SETTINGS)
 @pytest.mark.parametrize("path", ["rolling cache", "static ring"])
 def test_rolling_decode_past_block_size_never_reads_the_host(path, settings, host_reads):
@@ -347,12 +363,12 @@ def _twice(dec):
 
 def _wrong_logit(dec):
     dec._run(dec._slots())
-    dec.logits[:, 0] += 1.0      # one logit per row a little off: the rest is right
+    dec.logits[..., 0] += 1.0    # one logit per row a little off: the rest is right
 
 
 def _a_little_off(dec):
     dec._run(dec._slots())
-    dec.logits[:, 0] += 1e-5 * dec.logits.abs().max()  # a graph of the eager step is bit for bit
+    dec.logits[..., 0] += 1e-5 * dec.logits.abs().max()  # a graph of the eager step is bit for bit
 
 
 def _position_kept(dec):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from model import GPT, GPTConfig
+from model.fast_decode import StaticDecoder
 from model.generate import decode, next_probs, prefill
 from model.speculative import NGramDraft, SpeculativeDecoder, TextLookup, accept
 from tests.test_fast_decode import CONFIGS, make
@@ -31,16 +32,30 @@ class Script:
         return out
 
 
+def static_for(model, k, static):
+    """The static check step for k guesses (eager here: the CUDA graph replays this very step),
+    or None: the model's forward over the KV cache."""
+    return StaticDecoder(model, 1, tokens=k + 1) if static else None
+
+
+@pytest.mark.parametrize("static", [False, True], ids=["KV cache", "static step"])
 @pytest.mark.parametrize("name", list(CONFIGS))
 @pytest.mark.parametrize("k", [1, 4])
-def test_speculative_greedy_equals_plain_greedy(name, k):
+def test_speculative_greedy_equals_plain_greedy(name, k, static):
     """40 tokens past block_size 16 (cuts and re-prefills; a window of 5: a ring of 5 slots), the
-    guesses partly right: the same tokens and logits as the plain KV cache, in fewer forwards."""
+    guesses partly right: the same tokens and logits as the plain KV cache, in fewer forwards.
+    Checked in the static step too (not a ring: StaticDecoder refuses, sample.py falls back),
+    whose fixed k+1 tokens pad fewer guesses, also at the window's end."""
     model = make(**CONFIGS[name])
+    if static and model.config.rolling:
+        with pytest.raises(ValueError, match="needs a plain cache"):
+            static_for(model, k, static)
+        return
     idx = torch.tensor([[1, 2, 3]])
     logits, tokens = zip(*decode(model, idx, 40, temperature=0))
     want = torch.cat(tokens).tolist()
-    spec = SpeculativeDecoder(model, Script(idx[0].tolist() + want), k, lookup_n=10 ** 6)
+    spec = SpeculativeDecoder(model, Script(idx[0].tolist() + want), k, lookup_n=10 ** 6,
+                              static=static_for(model, k, static))
     got_logits, got = zip(*spec.decode(idx, 40, temperature=0))
     assert torch.cat(got).tolist() == want
     torch.testing.assert_close(torch.cat(got_logits), torch.cat(logits), atol=1e-4, rtol=1e-4)
@@ -92,7 +107,8 @@ def test_the_acceptance_rule_is_argmax_when_greedy():
     assert kept.tolist() == [True, False] and token.tolist() == [3, 3]
 
 
-def test_speculative_sampling_has_the_models_distribution():
+@pytest.mark.parametrize("static", [False, True], ids=["KV cache", "static step"])
+def test_speculative_sampling_has_the_models_distribution(static):
     """Three tokens sampled 1,200 times, the second guessed (always token 2): the triple's
     frequencies match the model's own joint distribution p(a) p(b | a) p(c | a, b), computed
     exactly (6 standard deviations), and the guess was both kept and rejected."""
@@ -116,7 +132,7 @@ def test_speculative_sampling_has_the_models_distribution():
 
     n, g = 1200, torch.Generator().manual_seed(0)
     counts = torch.zeros(64, dtype=torch.float64)
-    spec = SpeculativeDecoder(model, Fixed(), 1, lookup_n=10 ** 6)
+    spec = SpeculativeDecoder(model, Fixed(), 1, lookup_n=10 ** 6, static=static_for(model, 1, static))
     for _ in range(n):
         a, b, c = [int(t) for _, t in spec.decode(torch.tensor([prompt]), 3, temperature=1.0, generator=g)]
         counts[16 * a + 4 * b + c] += 1
@@ -157,3 +173,25 @@ def test_text_lookup_guesses_what_followed_last_time():
     assert lookup.propose(3) == [7, 8, 5]
     lookup.extend([9])
     assert lookup.propose(3) == []
+
+
+@pytest.mark.parametrize("name", ["mha-learned", "gqa-rope", "window-learned"])
+def test_the_check_step_is_the_models_forward_over_the_cache(name):
+    """StaticDecoder.check: T tokens after a prefill give the logits the model's own forward
+    over a KV cache gives them; rewind() then drops the last ones as if never written."""
+    model = make(**CONFIGS[name])
+    dec = StaticDecoder(model, 1, tokens=4)
+    idx, more = torch.tensor([[1, 2, 3, 4, 5]]), torch.tensor([[6, 7, 8, 9]])
+    with torch.no_grad():
+        cache = model.new_cache(1)
+        prefill(model, idx, cache)
+        want = model(more, cache=cache)[0]                                  # (1, 4, V)
+        dec.prefill(idx)
+        torch.testing.assert_close(dec.check(more), want, atol=1e-5, rtol=1e-5)
+        assert dec.filled == 9
+        dec.rewind(6)                                                       # keep 6 of them: 1..6
+        cache.pos = 6
+        again = torch.tensor([[7, 9, 9, 9]])
+        torch.testing.assert_close(dec.check(again), model(again, cache=cache)[0], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="use check"):
+        dec.step(torch.tensor([1]))
