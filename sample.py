@@ -14,7 +14,8 @@ visible_context in model/generate.py):
                       (model/fast_decode.py); elsewhere the same as --fast=false
   --speculate=K       guesses K tokens ahead (the text's own repeats, then an n-gram table of the
                       training text) and checks them in one forward (model/speculative.py): the
-                      same tokens as without it, greedy or sampled, in fewer forwards
+                      same tokens as without it, greedy or sampled, in fewer forwards; with the
+                      fast path, that forward is the static step of K+1 tokens (a CUDA graph)
 The fast path checks itself before the first token (StaticDecoder.verify); if it fails, one
 `warning:` line says so and the plain KV cache decodes instead: the same text, only slower.
 The samples go to stdout, one after another, each followed by a line of dashes; the figures
@@ -94,9 +95,9 @@ def check_settings(cfg: SampleConfig):
         raise ConfigError(f"--speculate={cfg.speculate}: must be an integer >= 0 (0 = off)")
     if cfg.speculate and cfg.num_samples > 1:
         raise ConfigError("--speculate decodes one sample at a time; drop --num_samples or --speculate")
-    if cfg.speculate and (not cfg.use_cache or cfg.fast == "true" or cfg.compile):
-        raise ConfigError("--speculate checks its guesses over the KV cache; drop --use_cache=false, "
-                          "--fast=true and --compile, or --speculate")
+    if cfg.speculate and (not cfg.use_cache or cfg.compile):
+        raise ConfigError("--speculate checks its guesses over the KV cache; drop --use_cache=false "
+                          "and --compile, or --speculate")
     if cfg.attention_html is not None and Path(cfg.attention_html).is_dir():
         raise ConfigError(f"--attention_html={cfg.attention_html} is a folder; give a file path, "
                           f"e.g. {Path(cfg.attention_html) / 'attention.html'}")
@@ -176,11 +177,45 @@ def speculative_steps(cfg, model, tokenizer, idx, generator, err):
               "(give --draft_data=PATH/train.bin); guessing from the text's own repeats only",
               file=err)
     draft = NGramDraft.from_file(path) if path is not None else None
-    spec = SpeculativeDecoder(model, draft, cfg.speculate)
+    # the guesses checked in the static step (a CUDA graph there) as decode_steps takes it; a
+    # ring has no such step (its later guesses would overwrite keys the earlier ones see)
+    static = None
+    if uses_fast_path(cfg, idx.device) and not model.config.rolling:
+        static = checked_static_decoder(cfg, model, 1, err, tokens=cfg.speculate + 1)
+    spec = SpeculativeDecoder(model, draft, cfg.speculate, static=static)
     steps = spec.decode(idx, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
                         top_p=cfg.top_p, generator=generator)
     table = f" + the {draft.order}-gram table of {path}" if draft is not None else ""
-    return spec, steps, f"speculative, {cfg.speculate} guesses a forward (text lookup{table}), {cache_name(model)}"
+    where = static_name(cfg, static) if static is not None else cache_name(model)
+    return spec, steps, f"speculative, {cfg.speculate} guesses a forward (text lookup{table}), {where}"
+
+
+def uses_fast_path(cfg, device) -> bool:
+    return cfg.fast == "true" or cfg.compile or (cfg.fast == "auto" and device.type == "cuda")
+
+
+def checked_static_decoder(cfg, model, rows, err, tokens=1):
+    """A StaticDecoder (CUDA graph, compiled step) that passed its self-check, or None after one
+    `warning:` line: the caller decodes with the plain KV cache then, so a user's sample is never
+    lost to the fast path."""
+    try:
+        dec = StaticDecoder(model, rows, compile=cfg.compile, tokens=tokens)
+        dec.verify()  # the graph / compiled step against the eager step, before any token
+        return dec
+    except Exception as e:  # noqa: BLE001 - any failure here (capture, compile, check) has a fallback
+        if isinstance(e, DecodeCheckError):
+            what = f"its self-check: {e}"
+        else:  # building it: capture or compile; the first line of the message is enough here
+            what = f"to build: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+        print(f"warning: the fast decode path failed {what}; decoding with the plain KV cache "
+              f"instead", file=err or sys.stderr)
+        return None
+
+
+def static_name(cfg, dec) -> str:
+    return ("static ring cache" if dec.ring else "static cache") + \
+        (" + CUDA graph" if dec.graph is not None else "" if cfg.compile else " (eager, no CUDA graph)") + \
+        (" + torch.compile" if cfg.compile else "")
 
 
 def decode_steps(cfg, model, idx, device, generator, err=None):
@@ -191,28 +226,14 @@ def decode_steps(cfg, model, idx, device, generator, err=None):
               generator=generator, num_samples=cfg.num_samples)
     if not cfg.use_cache:
         return decode(model, idx, cfg.max_new_tokens, use_cache=False, **kw), "uncached", 0.0
-    fast = cfg.fast == "true" or cfg.compile or (cfg.fast == "auto" and device.type == "cuda")
-    if not fast:
+    if not uses_fast_path(cfg, device):
         return decode(model, idx, cfg.max_new_tokens, use_cache=True, **kw), cache_name(model), 0.0
     t0 = time.perf_counter()
-    try:
-        dec = StaticDecoder(model, idx.size(0) * cfg.num_samples, compile=cfg.compile)
-        dec.verify()  # the graph / compiled step against the eager step, before any token
-    except Exception as e:  # noqa: BLE001 - any failure here (capture, compile, check) has a fallback
-        if isinstance(e, DecodeCheckError):
-            what = f"its self-check: {e}"
-        else:  # building it: capture or compile; the first line of the message is enough here
-            what = f"to build: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
-        print(f"warning: the fast decode path failed {what}; decoding with the plain KV cache "
-              f"instead", file=err or sys.stderr)
-        dec = None
+    dec = checked_static_decoder(cfg, model, idx.size(0) * cfg.num_samples, err)
     setup_s = time.perf_counter() - t0
     if dec is None:
         return decode(model, idx, cfg.max_new_tokens, use_cache=True, **kw), cache_name(model), setup_s
-    name = ("static ring cache" if dec.ring else "static cache") + \
-        (" + CUDA graph" if dec.graph is not None else "" if cfg.compile else " (eager, no CUDA graph)") + \
-        (" + torch.compile" if cfg.compile else "")
-    return dec.decode(idx, cfg.max_new_tokens, **kw), name, setup_s
+    return dec.decode(idx, cfg.max_new_tokens, **kw), static_name(cfg, dec), setup_s
 
 
 def decode_weights(cfg: SampleConfig, model, device, dtype):

@@ -460,6 +460,8 @@ def check_int8_static(c, args):
 
 
 def check_speculative(c, args):
+    """Speculative greedy over the KV cache and through the static check step (a CUDA graph of
+    9 tokens on a GPU, verified first), past block_size: both give the plain KV cache's tokens."""
     from model.speculative import SpeculativeDecoder
     shape = SHAPES[args.kind]
     with _fp32_matmuls():
@@ -469,8 +471,14 @@ def check_speculative(c, args):
         _, cached = tokens_and_logits(decode(model, idx, n, temperature=0))
         spec = SpeculativeDecoder(model, None, 8, lookup_n=2)
         _, got = tokens_and_logits(spec.decode(idx, n, temperature=0))
-    c.figures.update(tokens=n, forwards=spec.forwards, accepted=f"{spec.accepted}/{spec.proposed}")
+        static = StaticDecoder(model, 1, tokens=9)
+        static.verify()  # raises DecodeCheckError: a FAIL with its reason
+        graphed = SpeculativeDecoder(model, None, 8, lookup_n=2, static=static)
+        _, got_static = tokens_and_logits(graphed.decode(idx, n, temperature=0))
+    c.figures.update(tokens=n, forwards=spec.forwards, accepted=f"{spec.accepted}/{spec.proposed}",
+                     static="CUDA graph" if static.graph is not None else "eager")
     c.need(torch.equal(got, cached), "speculative greedy tokens differ from the KV cache's")
+    c.need(torch.equal(got_static, cached), "speculative greedy tokens through the static step differ from the KV cache's")
 
 
 def sampling_checks():

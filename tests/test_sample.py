@@ -17,7 +17,7 @@ from conftest import help_groups
 from data import BPETokenizer, CharTokenizer
 from model import GPT, GPTConfig
 from model.checkpoint import save_checkpoint
-from model.fast_decode import StaticDecoder
+from model.fast_decode import DecodeCheckError, StaticDecoder
 
 REPO = Path(__file__).resolve().parent.parent
 TEXT = ("The cat sat upon the warm grey stone,\nand watched the river run alone.\n"
@@ -466,6 +466,25 @@ def test_speculate_prints_the_same_greedy_text_and_its_acceptance(run, tmp_path)
     assert f"(text lookup + the 4-gram table of {data / 'train.bin'})" in err
     rc, out, err = run("--prompt=The ", "--max_new_tokens=40", "--speculate=4")  # sampling
     assert rc == 0 and len(samples(out)[0]) == 44, err
+
+
+def test_speculate_checks_its_guesses_in_the_static_step_and_falls_back(run, monkeypatch):
+    """--fast=true (what --fast=auto is on a GPU): the guesses are checked in the static step,
+    the same text; a step that fails its self-check costs one warning and the plain cache."""
+    args = ["--prompt=The ", "--temperature=0", "--max_new_tokens=40", "--speculate=4"]
+    _, plain, _ = run(*args[:3], "--fast=false")
+    rc, out, err = run(*args, "--fast=true")
+    assert rc == 0 and out == plain, err
+    assert "guesses a forward (text lookup), static cache (eager, no CUDA graph) on cpu" in err, err
+
+    def broken(self):
+        raise DecodeCheckError("the step gives logits off by 1")
+    monkeypatch.setattr(StaticDecoder, "verify", broken)
+    rc, out, err = run(*args, "--fast=true")
+    assert rc == 0 and out == plain, err
+    assert "warning: the fast decode path failed its self-check: the step gives logits off by 1; " \
+           "decoding with the plain KV cache instead" in warnings(err)
+    assert "guesses a forward (text lookup), KV cache on cpu" in err, err
 
 
 @pytest.mark.parametrize("args,message", [
