@@ -95,12 +95,12 @@ class StaticDecoder:
         self.filled = 0  # host-side count of positions holding real data (== pos, never read back)
         with torch.no_grad():
             self.qkv = [self._fuse(b.attn) for b in model.blocks]
-        # the compiled step is the plain function compiled, called with self: storing the bound
-        # method self._step here would be a reference cycle (self -> method -> self), keeping the
-        # cache and the graph's memory pool alive after `del` until the cyclic GC happens to run
         # On a CPU, Inductor would otherwise recompute a norm's output inside every row of the
         # matvec that reads it, instead of once (options: its documented config keys).
         options = {"realize_opcount_threshold": 0} if self.device.type == "cpu" else None
+        # the compiled step is the plain function compiled, called with self: storing the bound
+        # method self._step here would be a reference cycle (self -> method -> self), keeping the
+        # cache and the graph's memory pool alive after `del` until the cyclic GC happens to run
         self._compiled = (torch.compile(StaticDecoder._step, fullgraph=True, dynamic=None, options=options)
                           if compile else None)
         if cuda_graph is None:
@@ -123,8 +123,8 @@ class StaticDecoder:
             fused = fuse_int8(layers)
         else:
             w = torch.cat([m.weight for m in layers]).detach()
-            fused = nn.utils.skip_init(nn.Linear, w.size(1), w.size(0), bias=layers[0].bias is not None,
-                                       device="meta")
+            # built on the meta device (nothing allocated), then given the fused weights
+            fused = nn.Linear(w.size(1), w.size(0), bias=layers[0].bias is not None, device="meta")
             fused.weight = nn.Parameter(w, requires_grad=False)
             if layers[0].bias is not None:
                 fused.bias = nn.Parameter(torch.cat([m.bias for m in layers]).detach(), requires_grad=False)
